@@ -1,0 +1,380 @@
+"""The shapes world: a procedurally drawn stand-in for COCO that the offline track trains on.
+
+Each image holds 1-4 coloured shapes at known boxes on a tinted background. The generator writes a
+real COCO-format dataset, so every later step reads it exactly as it would read COCO 2017:
+
+    <root>/images/<split>/<image_id>.png
+    <root>/annotations/captions_<split>.json    images + five captions per image
+    <root>/annotations/instances_<split>.json   images + boxes; one category per colour+shape ("red circle")
+
+Everything is deterministic for a seed: image i of a split depends only on (seed, split, i), so asking
+for more images never changes the ones already drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 38, 45),
+    "green": (35, 160, 65),
+    "blue": (40, 85, 215),
+    "yellow": (235, 200, 20),
+    "purple": (135, 55, 175),
+    "orange": (245, 125, 25),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+# Side of the object's square box in pixels. At 64 px with 8 px patches an object spans 2-4 patches
+# per side: a prototype with 10-21 px objects could not learn shapes from its patch tokens.
+SIZES: dict[str, int] = {"small": 16, "medium": 22, "large": 28}
+# Pale backgrounds, so every object colour stands out; each image blends two of them with a gradient.
+BACKGROUNDS = ((236, 236, 236), (250, 244, 228), (226, 238, 246), (232, 244, 230), (246, 232, 238), (214, 214, 214))
+SPLITS = ("train", "val", "test")
+SUPERSAMPLE = 4  # draw at 4x and downsample: antialiased edges carry the shape
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The world's vocabulary and geometry. Change any field to make the world easier or harder."""
+
+    image_size: int = 64
+    shapes: tuple[str, ...] = SHAPES
+    colors: dict[str, tuple[int, int, int]] = field(default_factory=lambda: dict(COLORS))
+    sizes: dict[str, int] = field(default_factory=lambda: dict(SIZES))
+    min_objects: int = 1
+    max_objects: int = 4
+    backgrounds: tuple[tuple[int, int, int], ...] = BACKGROUNDS
+    gap: int = 2  # minimum free pixels between two boxes
+
+    def categories(self) -> list[dict]:
+        """COCO categories: one per colour+shape pair. Ids are not contiguous, as in real COCO."""
+        cats, cid = [], 1
+        for shape in self.shapes:
+            for color in self.colors:
+                cats.append({"id": cid, "name": f"{color} {shape}", "supercategory": shape})
+                cid += 1
+            cid += 3  # leave gaps between shapes, like COCO's missing ids
+        return cats
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    shape: str
+    color: str
+    size: str
+    bbox: tuple[int, int, int, int]  # x, y, w, h in pixels
+
+    @property
+    def category(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    @property
+    def center(self) -> tuple[float, float]:
+        x, y, w, h = self.bbox
+        return x + w / 2, y + h / 2
+
+
+@dataclass(frozen=True)
+class Scene:
+    image_id: int
+    objects: tuple[WorldObject, ...]
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]
+    gradient_vertical: bool
+
+
+# ----------------------------------------------------------------------------- sampling scenes
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
+
+
+def sample_scene(config: WorldConfig, rng: np.random.Generator, image_id: int) -> Scene:
+    """Draw object attributes and non-overlapping boxes for one image."""
+    n = int(rng.integers(config.min_objects, config.max_objects + 1))
+    objects: list[WorldObject] = []
+    for _ in range(200):  # rejection sampling; 4 objects of <= 28 px always fit in 64 px quickly
+        if len(objects) == n:
+            break
+        size = str(rng.choice(list(config.sizes)))
+        side = config.sizes[size]
+        x = int(rng.integers(1, config.image_size - side))
+        y = int(rng.integers(1, config.image_size - side))
+        box = (x, y, side, side)
+        if any(_overlaps(box, o.bbox, config.gap) for o in objects):
+            continue
+        shape = str(rng.choice(config.shapes))
+        color = str(rng.choice(list(config.colors)))
+        objects.append(WorldObject(shape, color, size, box))
+    i, j = rng.choice(len(config.backgrounds), size=2)
+    return Scene(
+        image_id=image_id,
+        objects=tuple(objects),
+        background=(config.backgrounds[int(i)], config.backgrounds[int(j)]),
+        gradient_vertical=bool(rng.integers(2)),
+    )
+
+
+def _overlaps(a, b, gap: int) -> bool:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return not (ax + aw + gap <= bx or bx + bw + gap <= ax or ay + ah + gap <= by or by + bh + gap <= ay)
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _shape_polygon(shape: str, x: float, y: float, s: float) -> list[tuple[float, float]] | None:
+    """Polygon filling the box (x, y, s, s) exactly; None for shapes drawn another way."""
+    if shape == "triangle":
+        return [(x + s / 2, y), (x + s, y + s), (x, y + s)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            r = 1.0 if k % 2 == 0 else 0.42
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((r * math.cos(a), r * math.sin(a)))
+        xs, ys = zip(*pts)
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        return [(x + (px - x0) / (x1 - x0) * s, y + (py - y0) / (y1 - y0) * s) for px, py in pts]
+    if shape == "cross":
+        t = s / 3
+        return [
+            (x + t, y), (x + 2 * t, y), (x + 2 * t, y + t), (x + s, y + t), (x + s, y + 2 * t),
+            (x + 2 * t, y + 2 * t), (x + 2 * t, y + s), (x + t, y + s), (x + t, y + 2 * t),
+            (x, y + 2 * t), (x, y + t), (x + t, y + t),
+        ]
+    return None
+
+
+def render_scene(scene: Scene, config: WorldConfig) -> Image.Image:
+    """Draw a scene as an RGB image of config.image_size pixels."""
+    big = config.image_size * SUPERSAMPLE
+    ramp = np.linspace(0.0, 1.0, big)[:, None] if scene.gradient_vertical else np.linspace(0.0, 1.0, big)[None, :]
+    c0, c1 = (np.array(c, dtype=np.float32) for c in scene.background)
+    bg = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
+    bg = np.broadcast_to(bg, (big, big, 3)).astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(bg))
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        x, y, w, _ = (v * SUPERSAMPLE for v in obj.bbox)
+        fill = config.colors[obj.color]
+        poly = _shape_polygon(obj.shape, x, y, w - 1)
+        if obj.shape == "circle":
+            draw.ellipse([x, y, x + w - 1, y + w - 1], fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle([x, y, x + w - 1, y + w - 1], fill=fill)
+        elif poly is not None:
+            draw.polygon(poly, fill=fill)
+        else:
+            raise ValueError(f"don't know how to draw shape {obj.shape!r}")
+    return image.resize((config.image_size, config.image_size), Image.Resampling.BOX)
+
+
+# ----------------------------------------------------------------------------- captions
+
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def _phrase(obj: WorldObject, rng: np.random.Generator, article: bool = True, detail: float = 0.5) -> str:
+    """'a small red circle' with the size and colour each said or left out at random."""
+    words = []
+    if rng.random() < detail:
+        words.append(obj.size)
+    if rng.random() < 0.5 + detail / 2:
+        words.append(obj.color)
+    words.append(obj.shape)
+    text = " ".join(words)
+    return (("an " if text[0] in "aeiou" else "a ") + text) if article else text
+
+
+def _full_phrase(obj: WorldObject) -> str:
+    text = f"{obj.size} {obj.color} {obj.shape}"
+    return "a " + text
+
+
+def _join(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def relation(a: WorldObject, b: WorldObject) -> str | None:
+    """The clearest spatial relation of a to b, or None when neither axis separates them clearly."""
+    (ax, ay), (bx, by) = a.center, b.center
+    dx, dy = bx - ax, by - ay
+    if abs(dx) >= abs(dy) and abs(dx) >= 6:
+        return "to the left of" if dx > 0 else "to the right of"
+    if abs(dy) > abs(dx) and abs(dy) >= 6:
+        return "above" if dy > 0 else "below"
+    return None
+
+
+def make_captions(scene: Scene, rng: np.random.Generator, n: int = 5, image_size: int = 64) -> list[str]:
+    """Five captions in varied wording. The first always lists every object with its count; the
+    others, like real COCO captions, pick a few facts (a relation, a count, one object) and leave
+    the rest out."""
+    objs = list(scene.objects)
+    count = len(objs)
+    noun = "shape" if count == 1 else "shapes"
+    openers = [
+        f"{NUMBER_WORDS[count].capitalize()} {noun} on a plain background: {{}}.",
+        f"A picture of {NUMBER_WORDS[count]} {noun}: {{}}.",
+        f"There {'is' if count == 1 else 'are'} {NUMBER_WORDS[count]} {noun} here, {{}}.",
+    ]
+    full = str(rng.choice(openers)).format(_join([_full_phrase(o) for o in objs]))
+    captions = [full]
+    makers = [_caption_relation, _caption_count, _caption_single, _caption_list, _caption_corner]
+    while len(captions) < n:
+        maker = makers[int(rng.integers(len(makers)))]
+        text = maker(objs, rng, image_size)
+        if text and text not in captions:
+            captions.append(text)
+    return captions
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _caption_relation(objs, rng, image_size):
+    if len(objs) < 2:
+        return None
+    i, j = rng.choice(len(objs), size=2, replace=False)
+    rel = relation(objs[i], objs[j])
+    if rel is None:
+        return None
+    a, b = _phrase(objs[i], rng), _phrase(objs[j], rng)
+    templates = ["{a} {rel} {b}.", "{a} sits {rel} {b}.", "In this image {a} is {rel} {b}."]
+    return _cap(str(rng.choice(templates)).format(a=a, rel=rel, b=b))
+
+
+def _caption_count(objs, rng, image_size):
+    shapes = sorted({o.shape for o in objs})
+    shape = str(rng.choice(shapes))
+    k = sum(o.shape == shape for o in objs)
+    plural = shape + ("es" if shape.endswith(("s", "x")) else "s")
+    if k == 1:
+        return _cap(str(rng.choice([f"only one {shape} is visible.", f"a single {shape} among the shapes."])))
+    return _cap(str(rng.choice([f"{NUMBER_WORDS[k]} {plural} in the picture.", f"there are {NUMBER_WORDS[k]} {plural}."])))
+
+
+def _caption_single(objs, rng, image_size):
+    obj = objs[int(rng.integers(len(objs)))]
+    templates = ["{p} on a light background.", "a drawing that includes {p}.", "{p} can be seen in the image."]
+    return _cap(str(rng.choice(templates)).format(p=_phrase(obj, rng, detail=0.8)))
+
+
+def _caption_list(objs, rng, image_size):
+    k = int(rng.integers(1, len(objs) + 1))
+    chosen = [objs[i] for i in sorted(rng.choice(len(objs), size=k, replace=False))]
+    return _cap(str(rng.choice(["{l} drawn on a canvas.", "simple shapes, including {l}."])).format(
+        l=_join([_phrase(o, rng) for o in chosen])))
+
+
+def _caption_corner(objs, rng, image_size):
+    obj = objs[int(rng.integers(len(objs)))]
+    cx, cy = obj.center
+    mid = image_size / 2
+    if abs(cx - mid) < image_size / 6 and abs(cy - mid) < image_size / 6:
+        where = "near the middle"
+    else:
+        vert = "top" if cy < mid else "bottom"
+        horiz = "left" if cx < mid else "right"
+        where = f"in the {vert} {horiz} part"
+    return _cap(f"{_phrase(obj, rng)} {where} of the picture.")
+
+
+# ----------------------------------------------------------------------------- writing COCO files
+
+
+def generate_world(
+    root: str | Path,
+    sizes: dict[str, int] | None = None,
+    seed: int = 0,
+    config: WorldConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, dict[str, Path]]:
+    """Write a COCO-format shapes world under `root` and return {split: {"captions", "instances", "images"}}.
+
+    `sizes` maps split name to image count (default train 4000, val 500, test 500). An existing world
+    with the same seed, sizes and config is reused unless `overwrite`.
+    """
+    config = config or WorldConfig()
+    sizes = sizes or {"train": 4000, "val": 500, "test": 500}
+    root = Path(root)
+    stamp = {"seed": seed, "sizes": sizes, "config": asdict(config)}
+    stamp_file = root / "world.json"
+    paths = {
+        split: {
+            "captions": root / "annotations" / f"captions_{split}.json",
+            "instances": root / "annotations" / f"instances_{split}.json",
+            "images": root / "images" / split,
+        }
+        for split in sizes
+    }
+    if not overwrite and stamp_file.exists() and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
+        if all(p["captions"].exists() and p["instances"].exists() for p in paths.values()):
+            return paths
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = config.categories()
+    cat_id = {c["name"]: c["id"] for c in categories}
+    next_id = 1
+    for split, count in sizes.items():
+        paths[split]["images"].mkdir(parents=True, exist_ok=True)
+        images, captions, instances = [], [], []
+        for index in range(count):
+            rng = _rng(seed, split, index)
+            image_id = next_id
+            next_id += 1
+            scene = sample_scene(config, rng, image_id)
+            file_name = f"{image_id:06d}.png"
+            render_scene(scene, config).save(paths[split]["images"] / file_name)
+            images.append({"id": image_id, "file_name": file_name, "width": config.image_size, "height": config.image_size})
+            for text in make_captions(scene, rng, image_size=config.image_size):
+                captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
+            for obj in scene.objects:
+                x, y, w, h = obj.bbox
+                instances.append({
+                    "id": len(instances) + 1, "image_id": image_id, "category_id": cat_id[obj.category],
+                    "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0,
+                    # An extension of COCO's format (readers ignore unknown keys): the attributes as
+                    # separate fields, which the evaluation's question builder uses as ground truth.
+                    "attributes": {"shape": obj.shape, "color": obj.color, "size": obj.size},
+                })
+        info = {"description": "llava_mini shapes world", "seed": seed, "split": split}
+        _write_json(paths[split]["captions"], {"info": info, "images": images, "annotations": captions})
+        _write_json(paths[split]["instances"], {
+            "info": info, "images": images, "annotations": instances, "categories": categories})
+    stamp_file.write_text(json.dumps(stamp, indent=1))
+    return paths
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)  # never leave a half-written annotation file behind
+
+
+def scene_for(seed: int, split: str, index: int, image_id: int = 0, config: WorldConfig | None = None) -> Scene:
+    """The scene generate_world draws for image `index` of `split` (for tests and demos)."""
+    return sample_scene(config or WorldConfig(), _rng(seed, split, index), image_id)
+
+
+COURSE_SIZES = {"train": 4000, "val": 300, "test": 500}
+
+
+def course_world(seed: int = 0, sizes: dict[str, int] | None = None, config: WorldConfig | None = None) -> Path:
+    """The world every notebook shares, under the work folder: generated once, then reused."""
+    from .paths import work_dir
+
+    root = work_dir() / "world"
+    generate_world(root, sizes or COURSE_SIZES, seed=seed, config=config)
+    return root

@@ -7,6 +7,7 @@ naming the file and the record; with `errors="skip"` a bad record is left out an
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,7 @@ def read_coco(
                 if (known.file_name, known.width, known.height) != (file_name, width, height):
                     raise CocoFormatError(f"{where}: differs from the same image in the other file")
                 continue
-            if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
+            if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
                 raise CocoFormatError(f"{where}: width and height must be positive numbers, got {width}x{height}")
             records[image_id] = ImageRecord(image_id, file_name, int(width), int(height), image_dir=image_dir)
 
@@ -154,7 +155,8 @@ def read_coco(
             if not isinstance(caption, str) or not caption.strip():
                 reject("empty caption", f"{where}: empty caption")
                 continue
-            records[image_id].captions.append(caption.strip())
+            # One caption is one line of the teacher's context: fold stray newlines and runs of spaces.
+            records[image_id].captions.append(" ".join(caption.split()))
 
     if "instances" in loaded:
         path, data = loaded["instances"]
@@ -189,9 +191,13 @@ def read_coco(
     return dataset
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _box_problem(bbox, width: int, height: int) -> str | None:
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-        return f"malformed box: expected [x, y, w, h], got {bbox!r}"
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"malformed box: expected [x, y, w, h] of finite numbers, got {bbox!r}"
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return f"box with non-positive size: {list(bbox)}"

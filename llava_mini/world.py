@@ -3,7 +3,7 @@
 Each image holds 1-4 coloured shapes at known boxes on a tinted background. The generator writes a
 real COCO-format dataset, so every later step reads it exactly as it would read COCO 2017:
 
-    <root>/images/<split>/<image_id>.png
+    <root>/images/<split>/<image_id:07d>.png     ids: train 1, 2, ...; val 1000001, ...; test 2000001, ...
     <root>/annotations/captions_<split>.json    images + five captions per image
     <root>/annotations/instances_<split>.json   images + boxes; one category per colour+shape ("red circle")
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,18 @@ class Scene:
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
+
+
+IDS_PER_SPLIT = 1_000_000
+
+
+def image_id_for(split: str, index: int) -> int:
+    """COCO image id of image `index` of `split`: unique across splits and independent of how many
+    images the other splits hold (train 1, 2, ...; val 1000001, ...; test 2000001, ...)."""
+    if not 0 <= index < IDS_PER_SPLIT - 1:
+        raise ValueError(f"image index {index} out of range for split {split!r}")
+    block = SPLITS.index(split) if split in SPLITS else 3 + zlib.crc32(split.encode()) % 1000
+    return block * IDS_PER_SPLIT + index + 1
 
 
 def sample_scene(config: WorldConfig, rng: np.random.Generator, image_id: int) -> Scene:
@@ -225,19 +238,21 @@ def make_captions(scene: Scene, rng: np.random.Generator, n: int = 5, image_size
     count = len(objs)
     noun = "shape" if count == 1 else "shapes"
     openers = [
-        f"{NUMBER_WORDS[count].capitalize()} {noun} on a plain background: {{}}.",
+        f"{NUMBER_WORDS[count].capitalize()} {noun} on a light background: {{}}.",
         f"A picture of {NUMBER_WORDS[count]} {noun}: {{}}.",
         f"There {'is' if count == 1 else 'are'} {NUMBER_WORDS[count]} {noun} here, {{}}.",
     ]
     full = str(rng.choice(openers)).format(_join([_full_phrase(o) for o in objs]))
     captions = [full]
     makers = [_caption_relation, _caption_count, _caption_single, _caption_list, _caption_corner]
-    while len(captions) < n:
+    for _ in range(1000):  # a scene always offers far more than n distinct captions; the cap is a guard
+        if len(captions) == n:
+            return captions
         maker = makers[int(rng.integers(len(makers)))]
         text = maker(objs, rng, image_size)
         if text and text not in captions:
             captions.append(text)
-    return captions
+    raise RuntimeError(f"image {scene.image_id}: could not write {n} distinct captions")
 
 
 def _cap(text: str) -> str:
@@ -279,17 +294,31 @@ def _caption_list(objs, rng, image_size):
         l=_join([_phrase(o, rng) for o in chosen])))
 
 
+def region(obj: WorldObject, image_size: int) -> str:
+    """Where an object's centre lies: 'top left', 'top', ..., 'middle'. A side is named only when the
+    centre is clearly off the midline (more than a sixth of the image), so the caption is never a
+    coin toss."""
+    cx, cy = obj.center
+    mid, margin = image_size / 2, image_size / 6
+    vert = "top" if cy < mid - margin else "bottom" if cy > mid + margin else ""
+    horiz = "left" if cx < mid - margin else "right" if cx > mid + margin else ""
+    return " ".join(w for w in (vert, horiz) if w) or "middle"
+
+
+REGION_PHRASES = {
+    "middle": "near the middle of the picture",
+    "top": "at the top of the picture",
+    "bottom": "at the bottom of the picture",
+    "left": "on the left side of the picture",
+    "right": "on the right side of the picture",
+}
+
+
 def _caption_corner(objs, rng, image_size):
     obj = objs[int(rng.integers(len(objs)))]
-    cx, cy = obj.center
-    mid = image_size / 2
-    if abs(cx - mid) < image_size / 6 and abs(cy - mid) < image_size / 6:
-        where = "near the middle"
-    else:
-        vert = "top" if cy < mid else "bottom"
-        horiz = "left" if cx < mid else "right"
-        where = f"in the {vert} {horiz} part"
-    return _cap(f"{_phrase(obj, rng)} {where} of the picture.")
+    where = region(obj, image_size)
+    phrase = REGION_PHRASES.get(where, f"in the {where} part of the picture")
+    return _cap(f"{_phrase(obj, rng)} {phrase}.")
 
 
 # ----------------------------------------------------------------------------- writing COCO files
@@ -320,30 +349,32 @@ def generate_world(
         }
         for split in sizes
     }
-    if not overwrite and stamp_file.exists() and json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp)):
-        if all(p["captions"].exists() and p["instances"].exists() for p in paths.values()):
+    if not overwrite and _same_stamp(stamp_file, stamp):
+        last_images = [p["images"] / f"{image_id_for(s, n - 1):07d}.png" for s, n in sizes.items() if n > 0]
+        if all(p["captions"].exists() and p["instances"].exists() for p in paths.values()) and all(
+            f.exists() for f in last_images
+        ):
             return paths
+    stamp_file.unlink(missing_ok=True)  # a run cut short must not leave a stamp that vouches for it
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     categories = config.categories()
     cat_id = {c["name"]: c["id"] for c in categories}
-    next_id = 1
     for split, count in sizes.items():
         paths[split]["images"].mkdir(parents=True, exist_ok=True)
         images, captions, instances = [], [], []
         for index in range(count):
-            rng = _rng(seed, split, index)
-            image_id = next_id
-            next_id += 1
-            scene = sample_scene(config, rng, image_id)
-            file_name = f"{image_id:06d}.png"
+            scene, scene_captions = scene_with_captions(seed, split, index, config)
+            image_id = scene.image_id
+            file_name = f"{image_id:07d}.png"
             render_scene(scene, config).save(paths[split]["images"] / file_name)
             images.append({"id": image_id, "file_name": file_name, "width": config.image_size, "height": config.image_size})
-            for text in make_captions(scene, rng, image_size=config.image_size):
-                captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
-            for obj in scene.objects:
+            for k, text in enumerate(scene_captions):
+                # Annotation ids derive from the image id, so they too stay put when a split grows.
+                captions.append({"id": image_id * 100 + k, "image_id": image_id, "caption": text})
+            for k, obj in enumerate(scene.objects):
                 x, y, w, h = obj.bbox
                 instances.append({
-                    "id": len(instances) + 1, "image_id": image_id, "category_id": cat_id[obj.category],
+                    "id": image_id * 100 + k, "image_id": image_id, "category_id": cat_id[obj.category],
                     "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0,
                     # An extension of COCO's format (readers ignore unknown keys): the attributes as
                     # separate fields, which the evaluation's question builder uses as ground truth.
@@ -353,18 +384,36 @@ def generate_world(
         _write_json(paths[split]["captions"], {"info": info, "images": images, "annotations": captions})
         _write_json(paths[split]["instances"], {
             "info": info, "images": images, "annotations": instances, "categories": categories})
-    stamp_file.write_text(json.dumps(stamp, indent=1))
+    _write_json(stamp_file, stamp)
     return paths
 
 
+def _same_stamp(stamp_file: Path, stamp: dict) -> bool:
+    try:
+        return json.loads(stamp_file.read_text()) == json.loads(json.dumps(stamp))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj))
     tmp.replace(path)  # never leave a half-written annotation file behind
 
 
-def scene_for(seed: int, split: str, index: int, image_id: int = 0, config: WorldConfig | None = None) -> Scene:
+def scene_with_captions(
+    seed: int, split: str, index: int, config: WorldConfig | None = None, n_captions: int = 5
+) -> tuple[Scene, list[str]]:
+    """The scene and captions of image `index` of `split`: exactly what generate_world writes for it."""
+    config = config or WorldConfig()
+    rng = _rng(seed, split, index)
+    scene = sample_scene(config, rng, image_id_for(split, index))
+    return scene, make_captions(scene, rng, n=n_captions, image_size=config.image_size)
+
+
+def scene_for(seed: int, split: str, index: int, image_id: int | None = None, config: WorldConfig | None = None) -> Scene:
     """The scene generate_world draws for image `index` of `split` (for tests and demos)."""
+    image_id = image_id_for(split, index) if image_id is None else image_id
     return sample_scene(config or WorldConfig(), _rng(seed, split, index), image_id)
 
 

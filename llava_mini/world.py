@@ -38,6 +38,7 @@ SIZES: dict[str, int] = {"small": 16, "medium": 22, "large": 28}
 # Pale backgrounds, so every object colour stands out; each image blends two of them with a gradient.
 BACKGROUNDS = ((236, 236, 236), (250, 244, 228), (226, 238, 246), (232, 244, 230), (246, 232, 238), (214, 214, 214))
 SPLITS = ("train", "val", "test")
+WORLD_VERSION = 2  # bump when the same seed would draw different images or captions, so old worlds are redrawn
 SUPERSAMPLE = 4  # draw at 4x and downsample: antialiased edges carry the shape
 
 
@@ -93,6 +94,11 @@ class Scene:
 # ----------------------------------------------------------------------------- sampling scenes
 
 
+def _pick(rng: np.random.Generator, options):
+    """One item of a sequence (faster than rng.choice, which builds an array every call)."""
+    return options[int(rng.integers(len(options)))]
+
+
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
 
@@ -116,17 +122,17 @@ def sample_scene(config: WorldConfig, rng: np.random.Generator, image_id: int) -
     for _ in range(200):  # rejection sampling; 4 objects of <= 28 px always fit in 64 px quickly
         if len(objects) == n:
             break
-        size = str(rng.choice(list(config.sizes)))
+        size = _pick(rng, list(config.sizes))
         side = config.sizes[size]
         x = int(rng.integers(1, config.image_size - side))
         y = int(rng.integers(1, config.image_size - side))
         box = (x, y, side, side)
         if any(_overlaps(box, o.bbox, config.gap) for o in objects):
             continue
-        shape = str(rng.choice(config.shapes))
-        color = str(rng.choice(list(config.colors)))
+        shape = _pick(rng, config.shapes)
+        color = _pick(rng, list(config.colors))
         objects.append(WorldObject(shape, color, size, box))
-    i, j = rng.choice(len(config.backgrounds), size=2)
+    i, j = rng.integers(len(config.backgrounds), size=2)
     return Scene(
         image_id=image_id,
         objects=tuple(objects),
@@ -170,11 +176,12 @@ def _shape_polygon(shape: str, x: float, y: float, s: float) -> list[tuple[float
 def render_scene(scene: Scene, config: WorldConfig) -> Image.Image:
     """Draw a scene as an RGB image of config.image_size pixels."""
     big = config.image_size * SUPERSAMPLE
-    ramp = np.linspace(0.0, 1.0, big)[:, None] if scene.gradient_vertical else np.linspace(0.0, 1.0, big)[None, :]
+    # The gradient is one line of colours, repeated across the other axis.
+    ramp = np.linspace(0.0, 1.0, big, dtype=np.float32)[:, None]
     c0, c1 = (np.array(c, dtype=np.float32) for c in scene.background)
-    bg = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
-    bg = np.broadcast_to(bg, (big, big, 3)).astype(np.uint8)
-    image = Image.fromarray(np.ascontiguousarray(bg))
+    line = (c0 * (1 - ramp) + c1 * ramp).astype(np.uint8)  # (big, 3)
+    strip = Image.fromarray(line[:, None, :] if scene.gradient_vertical else line[None, :, :])
+    image = strip.resize((big, big), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         x, y, w, _ = (v * SUPERSAMPLE for v in obj.bbox)
@@ -242,7 +249,7 @@ def make_captions(scene: Scene, rng: np.random.Generator, n: int = 5, image_size
         f"A picture of {NUMBER_WORDS[count]} {noun}: {{}}.",
         f"There {'is' if count == 1 else 'are'} {NUMBER_WORDS[count]} {noun} here, {{}}.",
     ]
-    full = str(rng.choice(openers)).format(_join([_full_phrase(o) for o in objs]))
+    full = _pick(rng, openers).format(_join([_full_phrase(o) for o in objs]))
     captions = [full]
     makers = [_caption_relation, _caption_count, _caption_single, _caption_list, _caption_corner]
     for _ in range(1000):  # a scene always offers far more than n distinct captions; the cap is a guard
@@ -262,35 +269,35 @@ def _cap(text: str) -> str:
 def _caption_relation(objs, rng, image_size):
     if len(objs) < 2:
         return None
-    i, j = rng.choice(len(objs), size=2, replace=False)
+    i, j = (int(v) for v in rng.permutation(len(objs))[:2])
     rel = relation(objs[i], objs[j])
     if rel is None:
         return None
     a, b = _phrase(objs[i], rng), _phrase(objs[j], rng)
     templates = ["{a} {rel} {b}.", "{a} sits {rel} {b}.", "In this image {a} is {rel} {b}."]
-    return _cap(str(rng.choice(templates)).format(a=a, rel=rel, b=b))
+    return _cap(_pick(rng, templates).format(a=a, rel=rel, b=b))
 
 
 def _caption_count(objs, rng, image_size):
     shapes = sorted({o.shape for o in objs})
-    shape = str(rng.choice(shapes))
+    shape = _pick(rng, shapes)
     k = sum(o.shape == shape for o in objs)
     plural = shape + ("es" if shape.endswith(("s", "x")) else "s")
     if k == 1:
-        return _cap(str(rng.choice([f"only one {shape} is visible.", f"a single {shape} among the shapes."])))
-    return _cap(str(rng.choice([f"{NUMBER_WORDS[k]} {plural} in the picture.", f"there are {NUMBER_WORDS[k]} {plural}."])))
+        return _cap(_pick(rng, [f"only one {shape} is visible.", f"a single {shape} among the shapes."]))
+    return _cap(_pick(rng, [f"{NUMBER_WORDS[k]} {plural} in the picture.", f"there are {NUMBER_WORDS[k]} {plural}."]))
 
 
 def _caption_single(objs, rng, image_size):
     obj = objs[int(rng.integers(len(objs)))]
     templates = ["{p} on a light background.", "a drawing that includes {p}.", "{p} can be seen in the image."]
-    return _cap(str(rng.choice(templates)).format(p=_phrase(obj, rng, detail=0.8)))
+    return _cap(_pick(rng, templates).format(p=_phrase(obj, rng, detail=0.8)))
 
 
 def _caption_list(objs, rng, image_size):
     k = int(rng.integers(1, len(objs) + 1))
-    chosen = [objs[i] for i in sorted(rng.choice(len(objs), size=k, replace=False))]
-    return _cap(str(rng.choice(["{l} drawn on a canvas.", "simple shapes, including {l}."])).format(
+    chosen = [objs[i] for i in sorted(rng.permutation(len(objs))[:k])]
+    return _cap(_pick(rng, ["{l} drawn on a canvas.", "simple shapes, including {l}."]).format(
         l=_join([_phrase(o, rng) for o in chosen])))
 
 
@@ -339,7 +346,7 @@ def generate_world(
     config = config or WorldConfig()
     sizes = sizes or {"train": 4000, "val": 500, "test": 500}
     root = Path(root)
-    stamp = {"seed": seed, "sizes": sizes, "config": asdict(config)}
+    stamp = {"version": WORLD_VERSION, "seed": seed, "sizes": sizes, "config": asdict(config)}
     stamp_file = root / "world.json"
     paths = {
         split: {

@@ -357,7 +357,7 @@ def generate_world(
         for split in sizes
     }
     if not overwrite and _same_stamp(stamp_file, stamp):
-        last_images = [p["images"] / f"{image_id_for(s, n - 1):07d}.png" for s, n in sizes.items() if n > 0]
+        last_images = [paths[s]["images"] / f"{image_id_for(s, n - 1):07d}.png" for s, n in sizes.items() if n > 0]
         if all(p["captions"].exists() and p["instances"].exists() for p in paths.values()) and all(
             f.exists() for f in last_images
         ):

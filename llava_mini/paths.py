@@ -18,6 +18,7 @@ def work_dir() -> Path:
 
 
 def figures_dir() -> Path:
-    path = work_dir() / "figures"
+    """Where notebooks save their figures; the course runner points LLAVA_MINI_FIGURES at its run folder."""
+    path = Path(os.environ.get("LLAVA_MINI_FIGURES", work_dir() / "figures"))
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,284 @@
+"""Tests for llava_mini.model with tiny random towers saved to tmp folders (no hub, no downloads)."""
+
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from llava_mini.conversation import build_prompt, encode_conversation, image_to_pixel_values
+from llava_mini.model import LlavaMini, build, load_vision_tower
+
+IMAGE_SIZE, PATCH = 32, 8
+N_IMAGE = (IMAGE_SIZE // PATCH) ** 2  # 16 patch tokens
+VICUNA = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
+    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["USER: What colour is the circle? ASSISTANT: The circle is red.",
+              "How many shapes are there? There are three shapes."] * 4
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", extra_special_tokens=["<image>"])
+    tokenizer.chat_template = VICUNA
+    return tokenizer
+
+
+def tiny_vision(seed=0) -> CLIPVisionModel:
+    torch.manual_seed(seed)
+    return CLIPVisionModel(CLIPVisionConfig(
+        image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4)).eval()
+
+
+def tiny_llama(vocab_size, seed=1, **kwargs) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2, **kwargs)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory, tokenizer):
+    """Tiny CLIP vision tower and Llama LM written with save_pretrained, as the hub would hold them."""
+    root = tmp_path_factory.mktemp("towers")
+    tiny_vision().save_pretrained(root / "vision")
+    tiny_llama(len(tokenizer)).save_pretrained(root / "lm")
+    return root
+
+
+def make_model(tokenizer, projector_type="mlp2x_gelu", seed=2, **lm_kwargs) -> LlavaMini:
+    model = LlavaMini(tiny_vision(), tiny_llama(len(tokenizer), **lm_kwargs),
+                      tokenizer.convert_tokens_to_ids("<image>"), projector_type)
+    torch.manual_seed(seed)
+    for p in model.projector.parameters():  # non-trivial projector weights
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def make_batch(tokenizer, processor):
+    """Two records of different lengths, right padded, with labels on the answers."""
+    records = [
+        {"id": "a", "image": "a.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+            {"from": "gpt", "value": "The circle is red."}]},
+        {"id": "b", "image": "b.png", "conversations": [
+            {"from": "human", "value": "How many shapes are there?\n<image>"},
+            {"from": "gpt", "value": "There are three shapes."},
+            {"from": "human", "value": "What colour is the circle?"},
+            {"from": "gpt", "value": "Red."}]},
+    ]
+    encoded = [encode_conversation(r, tokenizer, N_IMAGE) for r in records]
+    longest = max(len(e.input_ids) for e in encoded)
+    input_ids = torch.full((2, longest), tokenizer.pad_token_id)
+    labels = torch.full((2, longest), -100)
+    attention_mask = torch.zeros((2, longest), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e.input_ids)
+        input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    torch.manual_seed(3)
+    images = [Image.fromarray((torch.rand(IMAGE_SIZE, IMAGE_SIZE + 8, 3) * 255).byte().numpy()) for _ in records]
+    pixel_values = torch.stack([image_to_pixel_values(im, processor) for im in images])
+    return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_image_features_are_layer_minus2_patch_tokens_spliced_in_place(tokenizer, processor):
+    model = make_model(tokenizer)
+    batch = make_batch(tokenizer, processor)
+    features = model.image_features(batch["pixel_values"])
+    hidden = model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states
+    assert features.shape == (2, N_IMAGE, 24)
+    torch.testing.assert_close(features, hidden[-2][:, 1:])  # CLS dropped, second-to-last layer
+
+    embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])
+    assert embeds.shape == (*batch["input_ids"].shape, 32)
+    is_image = batch["input_ids"] == model.config.image_token_id
+    projected = model.encode_images(batch["pixel_values"])
+    for row in range(2):
+        torch.testing.assert_close(embeds[row][is_image[row]], projected[row])  # in order, N per image
+    text_ids = batch["input_ids"][~is_image]
+    torch.testing.assert_close(embeds[~is_image], model.get_input_embeddings()(text_ids))
+    one_short = batch["input_ids"].clone()
+    one_short[0, is_image[0].nonzero()[0]] = tokenizer.pad_token_id  # N - 1 image tokens for image 0
+    with pytest.raises(ValueError, match="expand <image>"):
+        model.embed_inputs(one_short, batch["pixel_values"])
+
+
+@pytest.mark.parametrize("projector_type", ["linear", "mlp2x_gelu"])
+def test_labelled_only_head_equals_full_logits_loss_and_gradients(tokenizer, processor, projector_type):
+    batch = make_batch(tokenizer, processor)
+    results = []
+    for labelled_only in (True, False):
+        model = make_model(tokenizer, projector_type)
+        model.train()
+        out = model(**batch, labelled_only=labelled_only)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (fast, fast_grads), (full, full_grads) = results
+    assert fast.logits is None and full.logits.shape == (*batch["input_ids"].shape, len(tokenizer))
+    torch.testing.assert_close(fast.loss, full.loss, atol=1e-5, rtol=0)
+    assert fast_grads.keys() == full_grads.keys() and len(fast_grads) > 10
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    # Gradient accumulation: a given token count divides the summed loss.
+    n_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    model = make_model(tokenizer, projector_type)
+    summed = model(**batch, num_items_in_batch=1).loss
+    torch.testing.assert_close(summed / n_labelled, fast.loss, atol=1e-5, rtol=0)
+
+
+def test_generate_returns_only_new_tokens(tokenizer, processor):
+    model = make_model(tokenizer)
+    prompts = [build_prompt(tokenizer, "What colour is the circle?", N_IMAGE)] * 2
+    input_ids = torch.stack(prompts)
+    pixel_values = make_batch(tokenizer, processor)["pixel_values"]
+    new = model.generate(input_ids, pixel_values, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    assert new.shape == (2, 5)
+    logits = model(input_ids, pixel_values, return_logits=True).logits
+    assert new[:, 0].tolist() == logits[:, -1].argmax(-1).tolist()  # greedy continues the prompt
+
+
+def test_save_and_load_roundtrip_and_build_from_folders(tmp_path, towers, tokenizer, processor):
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    model = build(towers / "vision", towers / "lm", "mlp2x_gelu", image_id)
+    assert isinstance(model.vision_tower, CLIPVisionModel) and model.num_image_tokens == N_IMAGE
+    batch = make_batch(tokenizer, processor)
+    loss = model(**batch).loss
+    model.save_pretrained(tmp_path / "ckpt", tokenizer=tokenizer, image_processor=processor)
+    again = LlavaMini.from_pretrained(tmp_path / "ckpt")
+    assert again.config == model.config
+    torch.testing.assert_close(again(**batch).loss, loss, atol=1e-6, rtol=0)
+    # A full two-tower CLIP checkpoint (like openai/clip-vit-*) yields its vision half.
+    clip = CLIPModel(CLIPConfig(vision_config=tiny_vision().config.to_dict(),
+                                text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                             "num_attention_heads": 2, "vocab_size": 50}))
+    clip.save_pretrained(tmp_path / "clip")
+    tower = load_vision_tower(tmp_path / "clip")
+    assert isinstance(tower, CLIPVisionModel)
+    x = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x).last_hidden_state, clip.vision_model(x).last_hidden_state)
+
+
+def test_export_to_transformers_llava_same_logits(tmp_path, tokenizer, processor):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    model = make_model(tokenizer).eval()
+    with pytest.raises(ValueError, match="only holds the 'mlp2x_gelu'"):
+        make_model(tokenizer, "linear").export_to_transformers(tmp_path / "bad", tokenizer, processor)
+    model.export_to_transformers(tmp_path / "hf", tokenizer, processor)
+    hf_model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    hf_processor = LlavaProcessor.from_pretrained(tmp_path / "hf")
+
+    image = Image.fromarray((torch.rand(IMAGE_SIZE + 10, IMAGE_SIZE, 3) * 255).byte().numpy())  # not square
+    question = "What colour is the circle?"
+    our_ids = build_prompt(tokenizer, question, N_IMAGE)[None]
+    our_pixels = image_to_pixel_values(image, processor)[None]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}],
+                                         tokenize=False, add_generation_prompt=True)
+    hf_inputs = hf_processor(images=image, text=text, return_tensors="pt")
+    assert hf_inputs["input_ids"].tolist() == our_ids.tolist()  # <image> expanded to the same N tokens
+    torch.testing.assert_close(hf_inputs["pixel_values"], our_pixels, atol=1e-5, rtol=0)  # same padding
+
+    with torch.no_grad():
+        ours = model(our_ids, our_pixels, return_logits=True).logits
+        theirs = hf_model(**hf_inputs).logits
+    assert (ours - theirs).abs().max() <= 1e-5
+    generated = hf_model.generate(**hf_inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+    assert generated[:, our_ids.shape[1]:].tolist() == model.generate(
+        our_ids, our_pixels, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id).tolist()
+
+
+def test_peft_lora_on_the_language_model(tokenizer, processor):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model(tokenizer)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+    for p in model.projector.parameters():  # the projector trains too (stage 2)
+        p.requires_grad_(True)
+    peft_model.gradient_checkpointing_enable()
+    peft_model.train()
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or ".projector." in n for n in trainable)
+    assert any("language_model" in n and "q_proj.lora_A" in n for n in trainable)
+    assert sum(".projector." in n for n in trainable) == 4
+    assert not any("vision_tower" in n and "lora_" in n for n in trainable)
+
+    batch = make_batch(tokenizer, processor)
+    out = peft_model(**batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [n for n, p in peft_model.named_parameters() if p.grad is not None]
+    assert set(grads) == set(trainable)
+    full = peft_model(**batch, labelled_only=False)
+    assert full.logits.shape == (*batch["input_ids"].shape, len(tokenizer))
+    new = peft_model.generate(batch["input_ids"][:1, :30], batch["pixel_values"][:1], max_new_tokens=3,
+                              min_new_tokens=3, pad_token_id=tokenizer.pad_token_id)
+    assert new.shape == (1, 3)
+
+
+def test_4bit_language_model_with_full_precision_projector(towers, tokenizer, processor):
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    model = build(towers / "vision", towers / "lm", "mlp2x_gelu", tokenizer.convert_tokens_to_ids("<image>"),
+                  quantization_config=quantization)
+    q_proj = model.language_model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "Linear4bit"
+    assert model.projector.linear_1.weight.dtype == torch.float32
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
+    loss = peft_model(**make_batch(tokenizer, processor)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="LoRA adapters"):
+        model.export_to_transformers("unused", tokenizer, processor)
+
+
+def test_output_attentions_from_the_language_model(tokenizer, processor):
+    model = make_model(tokenizer, attn_implementation="eager")
+    batch = make_batch(tokenizer, processor)
+    out = model(**batch, output_attentions=True)
+    assert len(out.attentions) == 2
+    batch_size, length = batch["input_ids"].shape
+    assert out.attentions[0].shape == (batch_size, 4, length, length)
+    rows = out.attentions[1][0].sum(-1)  # softmax rows sum to 1
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+    assert torch.equal(out.attentions[0], out.attentions[0].tril())  # causal

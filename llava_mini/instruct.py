@@ -307,6 +307,8 @@ class GenerationResult:
     records: list[dict]
     summary: dict
     paths: dict[str, Path] = field(default_factory=dict)
+    examples: dict[str, list[dict]] = field(default_factory=dict)  # per type: messages, raw response, record
+    rejected_examples: list[dict] = field(default_factory=list)  # id, reason, raw response
 
 
 def generate_instruct_data(
@@ -320,18 +322,21 @@ def generate_instruct_data(
     progress: bool = True,
     stage1_file: str | Path | None = None,
     summary_file: str | Path | None = None,
+    workers: int = 1,
     keep_examples: int = 3,
 ) -> GenerationResult:
     """Ask `teacher` for every (image, response type) and collect LLaVA-Instruct records.
 
-    records:    coco.ImageRecords (the symbolic context is built from each)
+    records:    coco.ImageRecords (each one's symbolic context is what the teacher reads)
     teacher:    default SymbolicTeacher(seed)
-    out_file:   where to write the instruction JSON (optional); stage1_file likewise for caption records
+    out_file:   where to write the instruction JSON (optional); stage1_file likewise for caption records,
+                summary_file for the summary
     cache_file: the append-only response cache; without one every call goes to the teacher
+    workers:    concurrent teacher calls (for a remote server; the cache is still written by one thread)
 
-    A bad response is rejected and counted; a failed call (after the teacher's own retries) is counted
-    and left out of the cache, so a rerun tries it again; a spent request budget stops the run early with
-    everything so far saved. The summary says which of these happened.
+    A bad response is rejected and counted; a call that fails for good (after the teacher's own retries)
+    is counted and not cached, so a rerun tries it again; a spent request budget stops the calls early,
+    keeping everything so far. The summary says which of these happened.
     """
     from tqdm.auto import tqdm
 
@@ -342,60 +347,103 @@ def generate_instruct_data(
             raise ValueError(f"unknown response type {t!r}; expected some of {RESPONSE_TYPES}")
     records = list(records)
     seeds = {t: load_seeds(t) for t in types}
-    cache = ResponseCache(cache_file) if cache_file else None
     started = time.perf_counter()
-    out: list[dict] = []
-    counts = Counter()
-    rejected: Counter = Counter()
-    rejected_by_type: Counter = Counter()
+
+    def messages_for(rec, response_type):
+        return build_messages(response_type, record_context(rec, response_type), seeds[response_type], n_shots)
+
+    # 1. What does the cache already hold?
+    units = [(rec, t) for rec in records for t in types]
+    cache = ResponseCache(cache_file) if cache_file else None
+    responses: dict[int, str] = {}
+    pending: list[tuple[int, str]] = []  # (unit index, cache key)
+    for index, (rec, t) in enumerate(units):
+        key = cache_key(rec.file_name, t, teacher.identity, messages_for(rec, t))
+        if cache is not None and key in cache:
+            responses[index] = cache.get(key)
+        else:
+            pending.append((index, key))
+    cache_hits = len(responses)
+
+    # 2. Ask the teacher for the rest, caching each answer the moment it arrives.
     failures: Counter = Counter()
-    examples: dict[str, list[dict]] = {t: [] for t in types}
-    rejected_examples: list[dict] = []
     stopped = None
+
+    def ask(index: int) -> str:
+        rec, t = units[index]
+        return teacher.complete(messages_for(rec, t))
+
+    def keep(index: int, key: str, text: str) -> None:
+        responses[index] = text
+        if cache is not None:
+            rec, t = units[index]
+            cache.put(key, text, image=rec.file_name, type=t, teacher=teacher.identity)
+
+    bar = tqdm(total=len(pending), desc=f"teacher {teacher.identity[:40]}", disable=not progress or not pending, unit="call")
     try:
-        bar = tqdm(total=len(records) * len(types), desc=f"teacher {teacher.identity}", disable=not progress, unit="call")
-        for rec in records:
-            if stopped:
-                break
-            stem = Path(rec.file_name).stem
-            for response_type in types:
-                bar.update(1)
-                messages = build_messages(response_type, record_context(rec, response_type), seeds[response_type], n_shots)
-                key = cache_key(rec.file_name, response_type, teacher.identity, messages)
-                text = cache.get(key) if cache is not None else None
-                if text is not None:
-                    counts["cache_hits"] += 1
-                else:
-                    try:
-                        text = teacher.complete(messages)
-                    except TeacherFatalError:
-                        raise
-                    except TeacherBudgetExhausted as e:
-                        stopped = f"request budget spent: {e}"
-                        break
-                    except TeacherError as e:
-                        failures[type(e).__name__ if type(e) is not TeacherError else "failed after retries"] += 1
-                        continue
-                    counts["teacher_calls"] += 1
-                    if cache is not None:
-                        cache.put(key, text, image=rec.file_name, type=response_type, teacher=teacher.identity)
-                record_id = f"{stem}_{response_type}"
-                rng = random.Random(f"{seed}:{record_id}")
+        if workers <= 1:
+            for index, key in pending:
                 try:
-                    record = response_to_record(text, response_type, record_id, rec.file_name, rng)
-                except ResponseRejected as e:
-                    rejected[e.reason] += 1
-                    rejected_by_type[response_type] += 1
-                    if len(rejected_examples) < keep_examples:
-                        rejected_examples.append({"id": record_id, "reason": e.reason, "response": text})
-                    continue
-                out.append(record)
-                if len(examples[response_type]) < keep_examples:
-                    examples[response_type].append({"messages": messages, "response": text, "record": record})
-        bar.close()
+                    keep(index, key, ask(index))
+                except TeacherBudgetExhausted as e:
+                    stopped = f"request budget spent: {e}"
+                    break
+                except TeacherFatalError:
+                    raise
+                except TeacherError as e:
+                    failures[_failure_label(e)] += 1
+                bar.update(1)
+        else:
+            from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+            queue = list(reversed(pending))
+            with ThreadPoolExecutor(workers) as pool:
+                running = {}
+                while (queue and not stopped) or running:
+                    while queue and not stopped and len(running) < 2 * workers:
+                        index, key = queue.pop()
+                        running[pool.submit(ask, index)] = (index, key)
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index, key = running.pop(future)
+                        try:
+                            keep(index, key, future.result())
+                        except TeacherBudgetExhausted as e:
+                            stopped = f"request budget spent: {e}"
+                        except TeacherFatalError:
+                            queue.clear()
+                            raise
+                        except TeacherError as e:
+                            failures[_failure_label(e)] += 1
+                        bar.update(1)
     finally:
+        bar.close()
         if cache is not None:
             cache.close()
+
+    # 3. Parse and validate, in a fixed order, so the output does not depend on call timing.
+    out: list[dict] = []
+    rejected: Counter = Counter()
+    rejected_by_type: Counter = Counter()
+    examples: dict[str, list[dict]] = {t: [] for t in types}
+    rejected_examples: list[dict] = []
+    for index, (rec, t) in enumerate(units):
+        if index not in responses:
+            continue
+        text = responses[index]
+        record_id = f"{Path(rec.file_name).stem}_{t}"
+        rng = random.Random(f"{seed}:{record_id}")
+        try:
+            record = response_to_record(text, t, record_id, rec.file_name, rng)
+        except ResponseRejected as e:
+            rejected[e.reason] += 1
+            rejected_by_type[t] += 1
+            if len(rejected_examples) < keep_examples:
+                rejected_examples.append({"id": record_id, "reason": e.reason, "response": text})
+            continue
+        out.append(record)
+        if len(examples[t]) < keep_examples:
+            examples[t].append({"messages": messages_for(rec, t), "response": text, "record": record})
 
     paths: dict[str, Path] = {}
     if out_file:
@@ -408,8 +456,9 @@ def generate_instruct_data(
     summary.update({
         "images": len(records),
         "teacher": teacher.identity,
-        "teacher_calls": counts["teacher_calls"],
-        "cache_hits": counts["cache_hits"],
+        "teacher_calls": len(responses) - cache_hits,
+        "cache_hits": cache_hits,
+        "missing": len(units) - len(responses),
         "rejected": dict(rejected),
         "rejected_by_type": dict(rejected_by_type),
         "teacher_failures": dict(failures),
@@ -419,10 +468,11 @@ def generate_instruct_data(
     })
     if summary_file:
         paths["summary"] = _write_json(summary_file, summary)
-    result = GenerationResult(out, summary, paths)
-    result.examples = examples  # type: ignore[attr-defined]  # for the notebook: messages -> raw -> record
-    result.rejected_examples = rejected_examples  # type: ignore[attr-defined]
-    return result
+    return GenerationResult(out, summary, paths, examples, rejected_examples)
+
+
+def _failure_label(error: TeacherError) -> str:
+    return "failed after retries" if type(error) is TeacherError else type(error).__name__
 
 
 def _write_json(path: str | Path, obj) -> Path:
@@ -514,6 +564,6 @@ def course_instruct_data(
         summary_file=paths["summary"], cache_file=out_dir / "cache" / f"{slug}.jsonl", types=types, seed=seed,
         progress=progress,
     )
-    if result.summary["stopped_early"] is None and not result.summary["teacher_failures"]:
+    if result.summary["missing"] == 0:
         stamp_file.write_text(json.dumps({"fingerprint": fingerprint}))
     return paths

@@ -764,3 +764,174 @@ class SymbolicTeacher(Teacher):
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         reading = read_context(context)
         return {"conversation": _conversation, "detail": _detail, "complex": _complex}[response_type](reading, rng)
+
+
+# ============================================================================= an OpenAI-compatible server
+
+ENV_API_KEY = "LLAVA_MINI_TEACHER_API_KEY"  # falls back to OPENAI_API_KEY
+ENV_BASE_URL = "LLAVA_MINI_TEACHER_BASE_URL"  # falls back to OPENAI_BASE_URL; unset = api.openai.com
+ENV_MODEL = "LLAVA_MINI_TEACHER_MODEL"
+
+
+def teacher_from_env() -> "OpenAITeacher | None":
+    """An OpenAITeacher configured from the environment, or None when neither a key nor a server is set
+    (the notebooks then stay offline with the symbolic teacher)."""
+    key = os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY")
+    base_url = os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL")
+    if not key and not base_url:
+        return None
+    return OpenAITeacher()
+
+
+class OpenAITeacher(Teacher):
+    """Any chat-completions server: OpenAI (GPT-4 class), vLLM (`vllm serve <model>`), ollama
+    (`http://localhost:11434/v1`), ... Configuration comes from arguments or the environment:
+
+        LLAVA_MINI_TEACHER_API_KEY or OPENAI_API_KEY     the key (local servers accept any; it is never stored)
+        LLAVA_MINI_TEACHER_BASE_URL or OPENAI_BASE_URL   e.g. http://localhost:8000/v1 (unset: OpenAI's API)
+        LLAVA_MINI_TEACHER_MODEL                         e.g. gpt-4o, Qwen/Qwen2.5-7B-Instruct, llama3.1
+
+    Rate limits (429), server errors (5xx), timeouts, dropped connections and malformed bodies are retried
+    with exponential backoff (honouring Retry-After); each is counted in `stats`. `max_requests` caps the
+    HTTP requests made, retries included, so a run cannot spend more than you meant to.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_requests: int | None = None,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        temperature: float = 0.2,
+        max_tokens: int = 1024,
+    ):
+        import threading
+
+        import openai
+
+        self.model = model or os.environ.get(ENV_MODEL)
+        if not self.model:
+            raise ValueError(f"no model: pass model= or set {ENV_MODEL}")
+        base_url = base_url or os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL") or None
+        key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if base_url is None:
+                raise ValueError(f"no API key: set {ENV_API_KEY} or OPENAI_API_KEY (or point {ENV_BASE_URL} at a local server)")
+            key = "not-needed"  # vLLM and ollama ignore the key but the client wants one
+        self._secret = key  # kept only to redact it from error messages
+        # max_retries=0: the client's own retries would hide failures from our counts and budget.
+        self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
+        self.base_url = str(self._client.base_url)
+        self.max_requests, self.max_retries = max_requests, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.stats: Counter = Counter()
+        self._lock = threading.Lock()
+        self.identity = f"openai({self.model}@{self.base_url.rstrip('/')}, temperature={temperature}, max_tokens={max_tokens})"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _take_request(self) -> None:
+        with self._lock:
+            if self.max_requests is not None and self.stats["requests"] >= self.max_requests:
+                raise TeacherBudgetExhausted(f"{self.max_requests} requests made")
+            self.stats["requests"] += 1
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        import openai
+
+        last = "?"
+        for attempt in range(self.max_retries + 1):
+            self._take_request()
+            wait = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
+                try:
+                    text = response.choices[0].message.content
+                except (AttributeError, IndexError, TypeError, KeyError):
+                    text = None
+                if not isinstance(text, str):
+                    raise _Malformed()
+                self._count("ok")
+                return text
+            except _Malformed:
+                last = "malformed"
+            except openai.RateLimitError as e:
+                last = "rate_limited"
+                retry_after = e.response.headers.get("retry-after") if e.response is not None else None
+                if retry_after:
+                    try:
+                        wait = min(self.max_backoff, max(wait, float(retry_after)))
+                    except ValueError:
+                        pass
+            except openai.APITimeoutError:
+                last = "timeout"
+            except openai.APIConnectionError:
+                last = "connection_error"
+            except openai.APIResponseValidationError:
+                last = "malformed"
+            except openai.APIStatusError as e:
+                if e.status_code >= 500 or e.status_code in (408, 409):
+                    last = "server_error"
+                else:  # 400, 401, 403, 404, 422: retrying cannot help
+                    self._count("fatal")
+                    raise TeacherFatalError(self._redact(f"HTTP {e.status_code} from {self.base_url}: {e.message}")) from None
+            except ValueError:  # a body the client could not decode at all
+                last = "malformed"
+            self._count(last)
+            if attempt < self.max_retries:
+                self._count("retries")
+                time.sleep(wait)
+        self._count("gave_up")
+        raise TeacherError(f"{self.model}: no usable response after {self.max_retries + 1} attempts (last: {last})")
+
+
+class _Malformed(Exception):
+    pass
+
+
+# ============================================================================= a local transformers model
+
+
+class TransformersTeacher(Teacher):
+    """A local causal LM with a chat template (e.g. Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct), by hub
+    name or local folder. Greedy by default, so the data is reproducible."""
+
+    def __init__(self, model_name_or_path: str | os.PathLike, max_new_tokens: int = 768, temperature: float = 0.0,
+                 device: str | None = None, dtype="auto", seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{model_name_or_path}: the tokenizer has no chat template; use an instruct/chat model")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype).to(device).eval()
+        self.device, self.max_new_tokens, self.temperature, self.seed = device, max_new_tokens, temperature, seed
+        self.identity = f"transformers({model_name_or_path}, max_new_tokens={max_new_tokens}, temperature={temperature}, seed={seed})"
+
+    def complete(self, messages: list[dict[str, str]]) -> str:
+        import torch
+
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(self.device)
+        sample = self.temperature > 0
+        if sample:
+            torch.manual_seed(self.seed)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=sample,
+                temperature=self.temperature if sample else None, top_p=None, top_k=None, pad_token_id=pad)
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

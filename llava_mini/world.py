@@ -38,7 +38,7 @@ SIZES: dict[str, int] = {"small": 16, "medium": 22, "large": 28}
 # Pale backgrounds, so every object colour stands out; each image blends two of them with a gradient.
 BACKGROUNDS = ((236, 236, 236), (250, 244, 228), (226, 238, 246), (232, 244, 230), (246, 232, 238), (214, 214, 214))
 SPLITS = ("train", "val", "test")
-WORLD_VERSION = 2  # bump when the same seed would draw different images or captions, so old worlds are redrawn
+WORLD_VERSION = 3  # bump when the same seed would draw different images or captions, so old worlds are redrawn
 SUPERSAMPLE = 4  # draw at 4x and downsample: antialiased edges carry the shape
 
 
@@ -116,29 +116,48 @@ def image_id_for(split: str, index: int) -> int:
 
 
 def sample_scene(config: WorldConfig, rng: np.random.Generator, image_id: int) -> Scene:
-    """Draw object attributes and non-overlapping boxes for one image."""
+    """Draw object attributes, then non-overlapping boxes for them, for one image.
+
+    Attributes are drawn first and placement retried for the whole set, so that large objects (harder
+    to fit) are not dropped more often than small ones: every size stays about equally common."""
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
-    objects: list[WorldObject] = []
-    for _ in range(200):  # rejection sampling; 4 objects of <= 28 px always fit in 64 px quickly
-        if len(objects) == n:
-            break
-        size = _pick(rng, list(config.sizes))
-        side = config.sizes[size]
-        x = int(rng.integers(1, config.image_size - side))
-        y = int(rng.integers(1, config.image_size - side))
-        box = (x, y, side, side)
-        if any(_overlaps(box, o.bbox, config.gap) for o in objects):
-            continue
-        shape = _pick(rng, config.shapes)
-        color = _pick(rng, list(config.colors))
-        objects.append(WorldObject(shape, color, size, box))
+    wanted = [(_pick(rng, list(config.sizes)), _pick(rng, config.shapes), _pick(rng, list(config.colors)))
+              for _ in range(n)]
+    boxes = _place(config, rng, [config.sizes[size] for size, _, _ in wanted])
+    objects = tuple(WorldObject(shape, color, size, box)
+                    for (size, shape, color), box in zip(wanted, boxes) if box is not None)
     i, j = rng.integers(len(config.backgrounds), size=2)
     return Scene(
         image_id=image_id,
-        objects=tuple(objects),
+        objects=objects,
         background=(config.backgrounds[int(i)], config.backgrounds[int(j)]),
         gradient_vertical=bool(rng.integers(2)),
     )
+
+
+def _place(config: WorldConfig, rng: np.random.Generator, sides: list[int], attempts: int = 30,
+           tries_per_object: int = 20) -> list[tuple[int, int, int, int] | None]:
+    """Square boxes with the given sides, inside the image and `gap` pixels apart. Largest first, since
+    they are the hardest to fit; the whole layout is redrawn when one does not fit. If no attempt fits
+    them all (rare: four large objects), the best layout is returned with None for the ones left out."""
+    order = sorted(range(len(sides)), key=lambda k: -sides[k])
+    best: list = [None] * len(sides)
+    for _ in range(attempts):
+        boxes: list = [None] * len(sides)
+        for k in order:
+            side = sides[k]
+            # Candidate corners in [1, size - side - 1] (one free pixel at every border), drawn in one call.
+            corners = rng.integers(1, config.image_size - side, size=(tries_per_object, 2)).tolist()
+            for x, y in corners:
+                box = (x, y, side, side)
+                if not any(b is not None and _overlaps(box, b, config.gap) for b in boxes):
+                    boxes[k] = box
+                    break
+        if all(b is not None for b in boxes):
+            return boxes
+        if sum(b is not None for b in boxes) > sum(b is not None for b in best):
+            best = boxes
+    return best
 
 
 def _overlaps(a, b, gap: int) -> bool:

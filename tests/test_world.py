@@ -102,6 +102,10 @@ def test_vocabulary_meets_the_course_requirements(scenes):
     assert {o.shape for o in objs} == set(config.shapes)
     assert {o.color for o in objs} == set(config.colors)
     assert {o.size for o in objs} == set(config.sizes)
+    # Balanced, so that guessing the most common value is a weak strategy for any question.
+    for attribute in ("shape", "color", "size"):
+        freq = Counter(getattr(o, attribute) for o in objs)
+        assert max(freq.values()) < 1.6 * min(freq.values()), (attribute, freq)  # the old size bias was 2.9
     counts = Counter(len(s.objects) for s, _ in scenes)
     assert set(counts) == {1, 2, 3, 4}
     assert min(counts.values()) > 0.15 * len(scenes)

@@ -147,17 +147,34 @@ class LlavaMini(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.language_model.get_output_embeddings()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
         """Recompute the LM's layer activations in backward (memory for time).
 
         Non-reentrant checkpointing by default: it needs no ``enable_input_require_grads`` even when
-        the embeddings are frozen (the projector output already carries gradients).
+        the embeddings are frozen (the projector output already carries gradients). The vision
+        tower is not checkpointed (frozen, it stores no activations for backward anyway).
         """
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        checkpoint_kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        lm = self.language_model
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
 
     def gradient_checkpointing_disable(self) -> None:
-        self.language_model.gradient_checkpointing_disable()
+        lm = self.language_model
+        if hasattr(lm, "activation_checkpointing_disable"):
+            lm.activation_checkpointing_disable()
+        else:
+            lm.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        lm = self.language_model
+        name = "is_activation_checkpointing" if hasattr(lm, "activation_checkpointing_enable") else "is_gradient_checkpointing"
+        return bool(getattr(lm, name, False))
 
     def enable_input_require_grads(self) -> None:
         """For reentrant checkpointing with frozen embeddings (peft's prepare_model_for_kbit_training calls it)."""
@@ -251,6 +268,12 @@ class LlavaMini(nn.Module):
         inputs_embeds = self.embed_inputs(input_ids, pixel_values)
         lm_kwargs.setdefault("use_cache", False)  # forward is for training / scoring; generate() caches
         if output_attentions:
+            implementation = getattr(self.language_model.config, "_attn_implementation", None)
+            if implementation != "eager":
+                raise ValueError(
+                    f"output_attentions needs eager attention, the LM uses {implementation!r}: build the model with "
+                    "attn_implementation='eager' or call model.language_model.set_attn_implementation('eager')"
+                )
             lm_kwargs["output_attentions"] = True
 
         if labels is not None and labelled_only and not return_logits and self._head_is_plain():

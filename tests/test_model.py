@@ -53,9 +53,10 @@ def tiny_vision(seed=0) -> CLIPVisionModel:
 
 def tiny_llama(vocab_size, seed=1, **kwargs) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=2, **kwargs)
+    settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                    bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    config = LlamaConfig(**{**settings, **kwargs})
     return LlamaForCausalLM(config).eval()
 
 
@@ -74,7 +75,8 @@ def towers(tmp_path_factory, tokenizer):
     """Tiny CLIP vision tower and Llama LM written with save_pretrained, as the hub would hold them."""
     root = tmp_path_factory.mktemp("towers")
     tiny_vision().save_pretrained(root / "vision")
-    tiny_llama(len(tokenizer)).save_pretrained(root / "lm")
+    # bitsandbytes' CPU 4-bit inference kernel (eval, no grad) needs layer widths of 64 or more.
+    tiny_llama(len(tokenizer), hidden_size=64, intermediate_size=128, num_key_value_heads=4).save_pretrained(root / "lm")
     return root
 
 
@@ -232,6 +234,7 @@ def test_peft_lora_on_the_language_model(tokenizer, processor):
     for p in model.projector.parameters():  # the projector trains too (stage 2)
         p.requires_grad_(True)
     peft_model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
     peft_model.train()
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert all("lora_" in n or ".projector." in n for n in trainable)
@@ -265,9 +268,15 @@ def test_4bit_language_model_with_full_precision_projector(towers, tokenizer, pr
     assert type(q_proj).__name__ == "Linear4bit"
     assert model.projector.linear_1.weight.dtype == torch.float32
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS))
-    loss = peft_model(**make_batch(tokenizer, processor)).loss
+    model.projector.requires_grad_(True)
+    peft_model.train()
+    batch = make_batch(tokenizer, processor)
+    loss = peft_model(**batch).loss
     loss.backward()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and model.projector.linear_1.weight.grad is not None
+    peft_model.eval()
+    with torch.no_grad():  # the bitsandbytes CPU inference path
+        torch.testing.assert_close(peft_model(**batch).loss, loss.detach(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="LoRA adapters"):
         model.export_to_transformers("unused", tokenizer, processor)
 
@@ -282,3 +291,5 @@ def test_output_attentions_from_the_language_model(tokenizer, processor):
     rows = out.attentions[1][0].sum(-1)  # softmax rows sum to 1
     torch.testing.assert_close(rows, torch.ones_like(rows))
     assert torch.equal(out.attentions[0], out.attentions[0].tril())  # causal
+    with pytest.raises(ValueError, match="eager"):
+        make_model(tokenizer)(**batch, output_attentions=True)  # sdpa would silently return none

@@ -235,9 +235,10 @@ def _attach_boxes(reading: SceneReading) -> None:
         boxes = sorted(box_groups[category], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
         if len(indices) > 1:
             sizes = [reading.objects[i].size for i in indices]
-            if None in sizes or len(set(sizes)) < len(sizes):
-                return  # two objects of one category we cannot tell apart: leave positions out
-            indices = sorted(indices, key=lambda i: SIZE_RANK[reading.objects[i].size])
+            if None in sizes and len(set(sizes)) > 1:
+                return  # some sizes said, some not: we cannot tell which box is which
+            # Smallest box to the smallest object; objects of equal size are interchangeable anyway.
+            indices = sorted(indices, key=lambda i: SIZE_RANK.get(reading.objects[i].size, 0))
         for i, box in zip(indices, boxes):
             reading.objects[i].box = box
 

@@ -44,7 +44,7 @@ def plot_world_statistics(stats: dict[str, Counter], path: str | Path | None = N
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .world import COLORS, SIZES
+    from .world import COLORS, SHAPES, SIZES
 
     colors = colors or COLORS
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -62,7 +62,7 @@ def plot_world_statistics(stats: dict[str, Counter], path: str | Path | None = N
 
     bars(ax_n, stats["objects per image"], "objects per image", xlabel="objects")
     ax_n.set_ylabel("images")
-    bars(ax_shape, stats["shape"], "shapes", order=sorted(stats["shape"], key=lambda k: -stats["shape"][k]))
+    bars(ax_shape, stats["shape"], "shapes", order=[s for s in SHAPES if s in stats["shape"]] or None)
     color_names = [c for c in colors if c in stats["color"]]
     bars(ax_color, stats["color"], "colours", order=color_names,
          bar_colors=[tuple(v / 255 for v in colors[c]) for c in color_names])
@@ -71,14 +71,15 @@ def plot_world_statistics(stats: dict[str, Counter], path: str | Path | None = N
                        [f"{s}\n{SIZES[s]} px" for s in SIZES if s in stats["size"]], rotation=0)
 
     # Categories are colour + shape pairs: a table reads better than 30 bars.
-    shapes = sorted(stats["shape"])
+    shapes = [s for s in SHAPES if s in stats["shape"]]
     table = np.array([[stats["category"].get(f"{c} {s}", 0) for s in shapes] for c in color_names])
-    image = ax_cat.imshow(table, cmap="Blues")
+    # vmin=0, so equal-looking cells mean equal counts (a scale starting at the minimum exaggerates noise).
+    image = ax_cat.imshow(table, cmap="Blues", vmin=0)
     ax_cat.set_xticks(range(len(shapes)), shapes, rotation=30)
     ax_cat.set_yticks(range(len(color_names)), color_names)
     for (i, j), v in np.ndenumerate(table):
         ax_cat.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > table.max() * 0.6 else "black")
+                    color="white" if v > table.max() * 0.5 else "black")
     ax_cat.set_title(f"categories ({(table > 0).sum()} colour x shape pairs)")
     fig.colorbar(image, ax=ax_cat, fraction=0.046, pad=0.04)
 

@@ -126,11 +126,11 @@ def _scene_arrays(args):
         for p in np.nonzero(cover.max(0) >= 0.25)[0]:
             obj = scene.objects[best[p]]
             targets[:, p] = (shapes.index(obj.shape), colors.index(obj.color), sizes.index(obj.size))
-    return image, targets, captions
+    return image, targets, captions, scene
 
 
 def render_pool(n: int, seed: int, config: WorldConfig, patch: int, workers: int | None = None):
-    """Render n scenes in parallel: images (n, H, W, 3) uint8, targets (n, 3, grid*grid), captions."""
+    """Render n scenes in parallel: images (n, H, W, 3) uint8, targets (n, 3, grid*grid), captions, scenes."""
     jobs = [(seed, i, config, patch) for i in range(n)]
     if workers == 1 or n < 256:
         results = [_scene_arrays(j) for j in jobs]
@@ -139,16 +139,25 @@ def render_pool(n: int, seed: int, config: WorldConfig, patch: int, workers: int
             results = pool.map(_scene_arrays, jobs, chunksize=256)
     images = np.stack([r[0] for r in results])
     targets = np.stack([r[1] for r in results])
-    return images, targets, [r[2] for r in results]
+    return images, targets, [r[2] for r in results], [r[3] for r in results]
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def world_text_corpus(captions: list[list[str]]) -> list[str]:
-    """World text for the tokenizer and the LM: captions plus the words later turns will use."""
-    docs = [" ".join(c) for c in captions]
-    # Question and answer words the LM meets in instruction tuning, so BPE gives them whole tokens.
+def world_text_corpus(scenes: list[Scene], captions: list[list[str]], config: WorldConfig) -> list[str]:
+    """World text for the tokenizer and the LM (no images): per scene, its captions as one document and
+    its symbolic context (captions + boxes) as the paper's text-only teacher read it."""
+    from .coco import ImageRecord, ObjectAnnotation
+    from .symbolic import context_text
+
+    docs = []
+    for scene, caps in zip(scenes, captions):
+        docs.append(" ".join(caps))
+        record = ImageRecord(scene.image_id, "", config.image_size, config.image_size, list(caps),
+                             [ObjectAnnotation(o.category, tuple(map(float, o.bbox))) for o in scene.objects])
+        docs.append(context_text(record, boxes=True))
+    # Words of the instruction-tuning turns that captions never use, so BPE gives them whole tokens.
     docs.append(
         "USER: ASSISTANT: What colour color is the object? What shape is it? How many objects are there? "
         "Is there a shape in the image? Yes, there is. No, there is not. Is it to the left or to the right of, "
@@ -204,8 +213,9 @@ class PatchHeads(nn.Module):
             "col": nn.Linear(hidden, grid),
         })
 
-    def forward(self, patches: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """patches: (B, P, D) layer-(-2) patch tokens; targets: (B, 3, P). Returns loss, accuracies."""
+    def forward(self, patches: torch.Tensor, targets: torch.Tensor, accuracy: bool = False) -> tuple[torch.Tensor, dict]:
+        """patches: (B, P, D) layer-(-2) patch tokens; targets: (B, 3, P). Returns the summed loss and, when
+        asked (it syncs the GPU, so only at logging steps), each head's accuracy."""
         B, P, _ = patches.shape
         pos = torch.arange(P, device=patches.device)
         wanted = {
@@ -216,7 +226,8 @@ class PatchHeads(nn.Module):
         for name, head in self.heads.items():
             logits = head(patches)
             loss = loss + F.cross_entropy(logits.flatten(0, 1).float(), wanted[name].flatten())
-            acc[name] = (logits.argmax(-1) == wanted[name]).float().mean().item()
+            if accuracy:
+                acc[name] = (logits.argmax(-1) == wanted[name]).float().mean().item()
         return loss, acc
 
 
@@ -290,7 +301,9 @@ class BudgetedCosine:
     def step(self) -> bool:
         """Set the learning rate for the next step; False when training should stop."""
         self.step_count += 1
-        if self.step_count == 20:  # first steps include warm-up overheads; measure a few more
+        if self.step_count in (20, 60) and torch.cuda.is_available():
+            torch.cuda.synchronize()  # time finished work, not queued kernels
+        if self.step_count == 20:  # the first steps include warm-up overheads; measure the next 40
             self._t20 = time.time()
         if self.step_count == 60:
             per_step = (time.time() - self._t20) / 40
@@ -328,15 +341,15 @@ def pretrain_vision(clip, heads: PatchHeads, images, targets, captions, tokenize
         pick = torch.randint(k, (recipe.vision_batch,), generator=gen, device=device)
         pick = torch.where(torch.rand(recipe.vision_batch, generator=gen, device=device) < 0.5, 0, pick)
         text_ids, text_mask = ids[idx, pick], mask[idx, pick]
-        width = int(text_mask.sum(1).max())
+        logging = step % 50 == 0
         with amp:
             vis = clip.vision_model(pixel_values=to_pixels(images_t[idx], processor), output_hidden_states=True)
             image_embeds = clip.visual_projection(vis.pooler_output)
-            text_embeds = clip.get_text_features(input_ids=text_ids[:, :width], attention_mask=text_mask[:, :width])
+            text_embeds = clip.get_text_features(input_ids=text_ids, attention_mask=text_mask)
             if not isinstance(text_embeds, torch.Tensor):  # transformers may return an output object
                 text_embeds = text_embeds.pooler_output
             c_loss = contrastive_loss(image_embeds.float(), text_embeds.float(), clip.logit_scale)
-            p_loss, acc = heads(vis.hidden_states[-2][:, 1:], targets_t[idx])
+            p_loss, acc = heads(vis.hidden_states[-2][:, 1:], targets_t[idx], accuracy=logging)
             loss = c_loss + p_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -345,7 +358,7 @@ def pretrain_vision(clip, heads: PatchHeads, images, targets, captions, tokenize
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
         more = sched.step()
-        if step % 50 == 0 or not more:
+        if logging or not more:
             row = {"step": step, "planned": sched.total, "contrastive": round(c_loss.item(), 4), "patch": round(p_loss.item(), 4),
                    **{f"acc_{a}": round(v, 4) for a, v in acc.items()}, "seconds": round(time.time() - start, 1)}
             history.append(row)
@@ -495,13 +508,13 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
     config = WorldConfig()
     t0 = time.time()
     log(f"rendering {recipe.n_scenes} scenes ...")
-    images, targets, captions = render_pool(recipe.n_scenes, recipe.seed, config, recipe.patch_size, workers)
+    images, targets, captions, scenes = render_pool(recipe.n_scenes, recipe.seed, config, recipe.patch_size, workers)
     n_test = max(8, min(500, recipe.n_scenes // 10))
     train_sl, test_sl = slice(0, recipe.n_scenes - n_test), slice(recipe.n_scenes - n_test, recipe.n_scenes)
     timings = {"render_s": round(time.time() - t0, 1)}
 
     t0 = time.time()
-    docs = world_text_corpus(captions[train_sl])
+    docs = world_text_corpus(scenes[train_sl], captions[train_sl], config)
     tokenizer = train_tokenizer(docs, recipe.vocab_size)
     tokenizer.save_pretrained(out_dir / "tokenizer")
     timings["tokenizer_s"] = round(time.time() - t0, 1)
@@ -519,8 +532,8 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
 
     t0 = time.time()
     lm = make_lm(recipe, tokenizer)
-    train_rows = pack_corpus(tokenizer, [" ".join(c) for c in captions[train_sl]], recipe.lm_seq_len)
-    test_rows = pack_corpus(tokenizer, [" ".join(c) for c in captions[test_sl]], recipe.lm_seq_len)
+    train_rows = pack_corpus(tokenizer, docs[:-1], recipe.lm_seq_len)
+    test_rows = pack_corpus(tokenizer, world_text_corpus(scenes[test_sl], captions[test_sl], config)[:-1], recipe.lm_seq_len)
     lm_log = pretrain_lm(lm, train_rows, recipe, device, log)
     timings["lm_s"] = round(time.time() - t0, 1)
     lm.save_pretrained(out_dir / "lm")

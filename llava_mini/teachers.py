@@ -832,7 +832,9 @@ class OpenAITeacher(Teacher):
         self.temperature, self.max_tokens = temperature, max_tokens
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
-        self.identity = f"openai({self.model}@{self.base_url.rstrip('/')}, temperature={temperature}, max_tokens={max_tokens})"
+        # The server's address is left out: the same model behind another port or host gives the same
+        # answers, so the cache carries over (and a URL can hold a token).
+        self.identity = f"openai({self.model}, temperature={temperature}, max_tokens={max_tokens})"
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text

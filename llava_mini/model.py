@@ -447,12 +447,15 @@ class LlavaMini(nn.Module):
             self.language_model.generation_config.save_pretrained(save_directory)
 
         # The same image pipeline as ours: pad to square with the mean colour, then the processor's steps.
-        settings = {
-            key: getattr(image_processor, key)
-            for key in ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-                        "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
-            if getattr(image_processor, key, None) is not None
+        settings = {  # a step the processor lacks (SigLIP: no centre crop) is off, not LLaVA's default
+            key: bool(getattr(image_processor, key, False)) for key in
+            ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
         }
+        settings.update({
+            key: getattr(image_processor, key)
+            for key in ("size", "resample", "crop_size", "rescale_factor", "image_mean", "image_std")
+            if getattr(image_processor, key, None) is not None
+        })
         processor = LlavaProcessor(
             image_processor=LlavaImageProcessor(**settings, do_pad=True),
             tokenizer=tokenizer,

@@ -13,6 +13,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 
 from llava_mini.conversation import build_prompt, encode_conversation, image_to_pixel_values
@@ -195,12 +197,21 @@ def test_save_and_load_roundtrip_and_build_from_folders(tmp_path, towers, tokeni
         torch.testing.assert_close(tower(x).last_hidden_state, clip.vision_model(x).last_hidden_state)
 
 
-def test_export_to_transformers_llava_same_logits(tmp_path, tokenizer, processor):
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+def test_export_to_transformers_llava_same_logits(tmp_path, tokenizer, processor, vision):
+    """CLIP (a CLS token to drop, untied LM head) and SigLIP (no CLS, tied embeddings, Qwen-style)."""
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor, SiglipImageProcessor
 
     model = make_model(tokenizer).eval()
     with pytest.raises(ValueError, match="only holds the 'mlp2x_gelu'"):
         make_model(tokenizer, "linear").export_to_transformers(tmp_path / "bad", tokenizer, processor)
+    if vision == "siglip":
+        torch.manual_seed(0)
+        tower = SiglipVisionModel(SiglipVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
+                                                     intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
+        model = LlavaMini(tower.eval(), tiny_llama(len(tokenizer), tie_word_embeddings=True).eval(),
+                          tokenizer.convert_tokens_to_ids("<image>"))
+        processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     model.export_to_transformers(tmp_path / "hf", tokenizer, processor)
     hf_model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     hf_processor = LlavaProcessor.from_pretrained(tmp_path / "hf")

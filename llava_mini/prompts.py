@@ -196,3 +196,14 @@ def prompt_fingerprint(messages: list[dict[str, str]]) -> str:
     misses instead of serving answers to a different question)."""
     blob = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def format_messages(messages: list[dict[str, str]], max_chars: int | None = None) -> str:
+    """The messages as a readable transcript (for notebooks and logs); `max_chars` shortens each one."""
+    blocks = []
+    for m in messages:
+        text = m["content"]
+        if max_chars is not None and len(text) > max_chars:
+            text = text[:max_chars].rstrip() + " [...]"
+        blocks.append(f"----- {m['role']} -----\n{text}")
+    return "\n".join(blocks)

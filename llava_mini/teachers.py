@@ -450,11 +450,11 @@ def _conversation(reading: SceneReading, rng: random.Random) -> str:
     if not reading.is_shapes_scene:
         return _fallback_conversation(reading, rng)
     d = _Dialogue(reading, rng)
-    makers = [d.colour, d.shape, d.count_all, d.count_shape, d.count_colour, d.exists, d.exists, d.relation,
-              d.size, d.region]
-    rng.shuffle(makers)
-    # A relation is the rarest fact (only some sentences state one): ask it first whenever there is one.
-    makers.sort(key=lambda m: m.__name__ != "relation" or rng.random() < 0.1)
+    # A weighted random order of question kinds (Efraimidis-Spirakis keys): the kinds a person asks most
+    # come first more often; a relation, the rarest fact (only some sentences state one), nearly always leads.
+    weights = [(d.relation, 12.0), (d.colour, 3.0), (d.shape, 3.0), (d.count_all, 2.0), (d.count_shape, 2.0),
+               (d.count_colour, 1.0), (d.exists, 2.0), (d.exists, 2.0), (d.size, 1.0), (d.region, 1.0)]
+    makers = [m for m, w in sorted(weights, key=lambda mw: -rng.random() ** (1 / mw[1]))]
     want = rng.choices((2, 3, 4, 5), weights=(0.15, 0.25, 0.3, 0.3))[0]
     pairs, asked, kinds = [], set(), Counter()
     for maker in makers:
@@ -739,7 +739,7 @@ def _fallback_complex(reading: SceneReading, rng: random.Random) -> str:
     labels = _join([_article(label) for _, label in areas])
     q = "Of the things in this picture, which one takes up the most room, and which the least?"
     steps = [f"The picture contains {labels}.",
-             f"Comparing how much of the frame each covers, the {areas[0][1]} is by far the largest.",
+             f"Comparing how much of the frame each covers, the {areas[0][1]} is the largest.",
              f"The {areas[-1][1]} covers the least space.",
              f"So the {areas[0][1]} takes up the most room and the {areas[-1][1]} the least."]
     return format_qa([(q, " ".join(steps))])

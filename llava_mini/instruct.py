@@ -532,6 +532,7 @@ def course_instruct_data(
     out_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    world_sizes: dict[str, int] | None = None,
 ) -> dict[str, Path]:
     """The course's instruction data for one split of the shapes world, generated once and then reused.
 
@@ -540,6 +541,7 @@ def course_instruct_data(
              "images": the split's image folder (what each record's "image" is relative to)}.
     Files live under work_dir()/"instruct" (or `out_dir`); they are reused when the world, seed, teacher,
     prompts and seeds are unchanged, and regenerated otherwise (the response cache keeps that cheap).
+    The world is `world_root`, or the shared course world (`course_world(seed, world_sizes)`, made if missing).
     """
     from .coco import read_split
     from .paths import work_dir
@@ -547,7 +549,7 @@ def course_instruct_data(
 
     teacher = teacher or SymbolicTeacher(seed)
     types = tuple(types)
-    world_root = Path(world_root) if world_root else course_world(seed=seed)
+    world_root = Path(world_root) if world_root else course_world(seed=seed, sizes=world_sizes)
     out_dir = Path(out_dir) if out_dir else work_dir() / "instruct"
     paths = {
         "instruct": out_dir / f"llava_instruct_{split}.json",

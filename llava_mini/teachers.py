@@ -748,13 +748,21 @@ def _fallback_complex(reading: SceneReading, rng: random.Random) -> str:
 # ----------------------------------------------------------------------------- the teacher
 
 
+def _code_version() -> str:
+    from pathlib import Path
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+
+
 class SymbolicTeacher(Teacher):
     """An offline, deterministic stand-in for GPT-4. It learns the task from the system message and reads
     the context from the last user message (and nothing else). Same seed + same messages = same text."""
 
     def __init__(self, seed: int = 0):
         self.seed = seed
-        self.identity = f"symbolic-v1(seed={seed})"
+        # The identity carries a hash of this module's code, so an edit to the teacher invalidates cached
+        # answers (and the course's reuse stamp) instead of silently mixing old and new behaviour.
+        self.identity = f"symbolic-{_code_version()}(seed={seed})"
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         response_type = response_type_of(messages)

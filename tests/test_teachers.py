@@ -266,6 +266,23 @@ def test_deterministic_for_a_seed(dataset):
     assert len(outputs) > 5
 
 
+def test_symbolic_teacher_opens_no_file(dataset, monkeypatch):
+    """It reads the messages it is given, never the annotation files on disk."""
+    import builtins
+    import io
+
+    teacher = SymbolicTeacher(0)
+    calls = [build_messages(t, record_context(r, t)) for r in dataset[:10] for t in ("conversation", "detail", "complex")]
+
+    def deny(*args, **kwargs):
+        raise AssertionError(f"the teacher opened a file: {args[:1]}")
+
+    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(io, "open", deny)
+    for messages in calls:
+        assert teacher.complete(messages)
+
+
 def test_unknown_task_is_refused():
     with pytest.raises(TeacherFatalError):
         SymbolicTeacher().complete([{"role": "system", "content": "Write a poem."}, {"role": "user", "content": "x"}])
@@ -347,6 +364,6 @@ def test_transformers_teacher_with_a_tiny_local_model(tmp_path):
     from llava_mini.coco import ImageRecord
 
     rec = ImageRecord(1, "1.png", 64, 64, captions=["a red circle ."])
-    result = generate_instruct_data([rec], teacher, types=["conversation", "detail"], progress=False)
+    result = generate_instruct_data([rec], teacher, types=["conversation", "detail"], n_shots=0, progress=False)
     assert result.summary["teacher_calls"] == 2
     assert result.summary["total_records"] + sum(result.summary["rejected"].values()) == 2

@@ -361,8 +361,14 @@ def generate_instruct_data(
     cache = ResponseCache(cache_file) if cache_file else None
     responses: dict[int, str] = {}
     pending: list[tuple[int, str]] = []  # (unit index, cache key)
+    no_context: Counter = Counter()  # images the teacher would have nothing to read about (no captions)
     for index, (rec, t) in enumerate(units):
-        key = cache_key(rec.file_name, t, teacher.identity, messages_for(rec, t))
+        try:
+            messages = messages_for(rec, t)
+        except ValueError:
+            no_context[t] += 1
+            continue
+        key = cache_key(rec.file_name, t, teacher.identity, messages)
         if cache is not None and key in cache:
             responses[index] = cache.get(key)
         else:
@@ -427,8 +433,8 @@ def generate_instruct_data(
 
     # 3. Parse and validate, in a fixed order, so the output does not depend on call timing.
     out: list[dict] = []
-    rejected: Counter = Counter()
-    rejected_by_type: Counter = Counter()
+    rejected: Counter = Counter({"no context": sum(no_context.values())} if no_context else {})
+    rejected_by_type: Counter = Counter(no_context)
     examples: dict[str, list[dict]] = {t: [] for t in types}
     rejected_examples: list[dict] = []
     for index, (rec, t) in enumerate(units):
@@ -462,7 +468,7 @@ def generate_instruct_data(
         "teacher": teacher.identity,
         "teacher_calls": len(responses) - cache_hits,
         "cache_hits": cache_hits,
-        "missing": len(units) - len(responses),
+        "missing": len(units) - len(responses) - sum(no_context.values()),
         "rejected": dict(rejected),
         "rejected_by_type": dict(rejected_by_type),
         "teacher_failures": dict(failures),

@@ -244,3 +244,12 @@ def test_course_data_is_reused(tmp_path, world):
     assert summary["cache_hits"] == summary["total_records"] + sum(summary["rejected"].values())
     for rec in read_records(paths["instruct"]):
         assert (paths["images"] / rec["image"]).exists()
+
+
+def test_an_image_without_captions_is_counted_not_fatal(records):
+    from llava_mini.coco import ImageRecord
+
+    blank = ImageRecord(999, "blank.png", 64, 64)
+    result = generate_instruct_data([blank, records[0]], progress=False)
+    assert result.summary["rejected"]["no context"] == 3
+    assert result.summary["missing"] == 0 and result.summary["total_records"] == 3

@@ -297,7 +297,6 @@ def _where(box: tuple[float, float, float, float]) -> str:
 # ----------------------------------------------------------------------------- conversations
 
 
-_ANY = object()
 
 
 class _Dialogue:

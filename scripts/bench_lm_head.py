@@ -118,7 +118,7 @@ def run_mode(spec: dict, args, labelled_only: bool) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         peak_above = peak - base
     return {
-        "labelled_only": labelled_only, "device": device, "loss": float(loss),
+        "labelled_only": labelled_only, "device": device, "loss": float(loss.detach()),
         "step_s": sorted(times)[len(times) // 2], "peak_bytes": peak, "peak_above_model_bytes": peak_above,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }

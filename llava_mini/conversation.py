@@ -318,8 +318,12 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
 
 
 def mean_colour(image_processor) -> tuple[int, int, int]:
-    """The processor's normalisation mean as an RGB colour (so padding becomes ~0 after normalising)."""
-    return tuple(int(round(m * 255)) for m in image_processor.image_mean)
+    """The processor's normalisation mean as an RGB colour (so padding becomes ~0 after normalising).
+
+    Truncated with ``int`` like LLaVA and transformers' ``LlavaImageProcessor(do_pad=True)``, so an
+    exported processor pads identically.
+    """
+    return tuple(int(m * 255) for m in image_processor.image_mean)
 
 
 def image_to_pixel_values(image: Image.Image, image_processor) -> torch.Tensor:

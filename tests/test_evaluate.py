@@ -1,0 +1,431 @@
+"""Tests for llava_mini.evaluate: questions against the world's own ground truth, the answer matcher,
+CHAIR / recall on hand-written descriptions, evaluate_model end to end with a tiny random LlavaMini,
+the blind baseline, the comparison table/plot and the LLM judge with a fake teacher (no network)."""
+
+import json
+import re
+from collections import Counter
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, \
+    PreTrainedTokenizerFast
+
+from llava_mini import evaluate as ev
+from llava_mini.coco import read_split
+from llava_mini.conversation import build_prompt
+from llava_mini.instruct import parse_qa_pairs
+from llava_mini.model import LlavaMini
+from llava_mini.prompts import build_messages, record_context
+from llava_mini.teachers import SymbolicTeacher, TeacherError
+from llava_mini.world import COLORS, SHAPES, generate_world, relation, scene_for
+
+N_TEST = 220
+SEED = 0
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, {"test": N_TEST}, seed=SEED)
+    return root
+
+
+@pytest.fixture(scope="module")
+def records(world):
+    return read_split(world, "test").records
+
+
+@pytest.fixture(scope="module")
+def questions(records):
+    return ev.make_questions(records, seed=SEED)
+
+
+IMAGE_SIZE, PATCH = 32, 8
+N_IMAGE = (IMAGE_SIZE // PATCH) ** 2
+VICUNA = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
+    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["USER: What colour is the circle? ASSISTANT: The circle is red.",
+              "How many shapes are there? There are three shapes. Yes, there is a blue star."] * 4
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  extra_special_tokens=["<image>"])
+    tok.chat_template = VICUNA
+    return tok
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
+                                              intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, bos_token_id=0, eos_token_id=1, pad_token_id=2))
+    m = LlavaMini(vision, lm, tokenizer.convert_tokens_to_ids("<image>"))
+    for p in m.projector.parameters():  # strong projector weights: the image must move the logits
+        torch.nn.init.normal_(p, std=1.0)
+    return m.eval()
+
+
+# ----------------------------------------------------------------------------- questions vs ground truth
+
+
+def _named(objs, name):
+    """Objects a question's name ('red circle', 'small red circle') picks out."""
+    words = name.split()
+    return [o for o in objs if o.category == " ".join(words[-2:]) and (len(words) == 2 or o.size == words[0])]
+
+
+def test_questions_are_true_for_the_generators_own_scenes(records, questions):
+    """Every expected answer is re-derived from world.scene_for (the generator, not the files)."""
+    scenes = {scene_for(SEED, "test", i).image_id: scene_for(SEED, "test", i) for i in range(N_TEST)}
+    assert {r.image_id for r in records} == set(scenes) and len(records) >= 200
+    shapes_re, colours_re = "|".join(SHAPES), "|".join(COLORS)
+    for q in questions:
+        objs = scenes[q.image_id].objects
+        text = q.question.lower()
+        if q.kind == "colour":
+            shape = re.search(rf"\b({shapes_re})\b", text)[1]
+            matching = [o for o in objs if o.shape == shape]
+            assert len(matching) == 1, q  # asked only when the shape is unique
+            assert q.expected == matching[0].color, q
+        elif q.kind == "shape":
+            colour = re.search(rf"\b({colours_re})\b", text)[1]
+            matching = [o for o in objs if o.color == colour]
+            assert len(matching) == 1, q  # asked only when the colour is unique
+            assert q.expected == matching[0].shape, q
+        elif q.kind == "count":
+            shape = re.search(rf"\b({shapes_re})(?:e?s)\b", text)
+            expected = sum(o.shape == shape[1] for o in objs) if shape else len(objs)
+            assert q.expected == str(expected), q
+        elif q.kind == "relation":
+            a, b = re.findall(rf"the ((?:(?:small|medium|large) )?(?:{colours_re}) (?:{shapes_re}))", text)
+            if text.startswith("relative to"):  # "Relative to the B, is the A ...?"
+                a, b = b, a
+            (obj_a,), (obj_b,) = _named(objs, a), _named(objs, b)  # names are unique in the image
+            rel = relation(obj_a, obj_b)
+            assert rel is not None, q
+            assert q.expected == {"to the left of": "left", "to the right of": "right"}.get(rel, rel), q
+            horizontal = "left" in text or "right" in text
+            assert horizontal == (q.expected in ("left", "right")), q
+        else:
+            thing = re.search(rf"\ban? ((?:(?:{colours_re}) )?(?:{shapes_re}))\b", text)[1]
+            present = any(o.category == thing or o.shape == thing for o in objs)
+            assert q.expected == ("yes" if present else "no"), q
+        assert ev.is_correct(q.kind, q.reference, q.expected), q  # the reference sentence itself scores
+
+
+def test_question_set_is_balanced_deterministic_and_varied(records, questions):
+    kinds = Counter(q.kind for q in questions)
+    assert set(kinds) == set(ev.KINDS)
+    assert kinds["count"] == kinds["existence"] == N_TEST  # one per image per kind where settled
+    assert min(kinds.values()) > 0.6 * N_TEST
+    yes_no = Counter(q.expected for q in questions if q.kind == "existence")
+    assert abs(yes_no["yes"] - yes_no["no"]) <= 1
+    directions = Counter(q.expected for q in questions if q.kind == "relation")
+    assert set(directions) == {"left", "right", "above", "below"} and min(directions.values()) > 20
+    assert Counter(q.kind for q in questions if "how many" in q.question.lower() and
+                   re.search(r"shapes|objects", q.question)).get("count", 0) > 20  # whole-image counts
+    assert len({q.expected for q in questions if q.kind == "colour"}) == len(COLORS)
+    for kind in ev.KINDS:  # several phrasings per kind
+        templates = {re.sub(r"\b(?:" + "|".join([*COLORS, *SHAPES]) + r")(?:e?s)?\b", "X", q.question)
+                     for q in questions if q.kind == kind}
+        assert len(templates) >= 3, kind
+    assert ev.make_questions(records, seed=SEED) == questions
+    assert ev.make_questions(records, seed=SEED + 1) != questions
+    # An image's questions do not depend on the other images in the set (existence's yes/no aside).
+    alone = [q for q in ev.questions_for_image(records[5], SEED, index=5)]
+    assert alone == [q for q in questions if q.image_id == records[5].image_id]
+
+
+def test_max_per_kind_caps_and_keeps_existence_balanced(records):
+    capped = ev.make_questions(records, seed=SEED, max_per_kind=40)
+    assert Counter(q.kind for q in capped) == {k: 40 for k in ev.KINDS}
+    assert Counter(q.expected for q in capped if q.kind == "existence") == {"yes": 20, "no": 20}
+    two = ev.make_questions(records[:50], seed=SEED, per_kind=2)
+    per_image = Counter((q.image_id, q.kind) for q in two)
+    assert max(per_image.values()) == 2 and len(set(two)) == len(two)
+
+
+def test_phrasings_are_not_copies_of_the_teachers(records, questions):
+    teacher = SymbolicTeacher(SEED)
+    taught = set()
+    for rec in records[:80]:
+        text = teacher.complete(build_messages("conversation", record_context(rec, "conversation")))
+        taught.update(q for q, _ in parse_qa_pairs(text))
+    assert len(taught) > 150
+    assert not taught & {q.question for q in questions}
+    # ... but the kinds are ones the teacher asks about
+    from llava_mini.instruct import question_kind
+
+    assert {question_kind(q) for q in taught} >= {"colour", "shape", "count", "relation", "existence"}
+
+
+def test_records_without_attributes_fall_back_to_category_or_fail_clearly(records):
+    from dataclasses import replace
+
+    rec = records[0]
+    stripped = replace(rec, objects=[replace(o, attributes=None) for o in rec.objects])
+    assert [(o.color, o.shape) for o in ev.scene_objects(stripped)] == [(o.color, o.shape) for o in ev.scene_objects(rec)]
+    photo = replace(rec, objects=[replace(rec.objects[0], category="person", attributes=None)])
+    with pytest.raises(ValueError, match=rf"image {rec.image_id}.*person"):
+        ev.scene_objects(photo)
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+@pytest.mark.parametrize("kind, answer, expected", [
+    ("colour", "The star is red.", "red"),
+    ("colour", "It's CRIMSON!", "red"),
+    ("colour", "The color of the star is violet.", "purple"),
+    ("colour", "golden", "yellow"),
+    ("colour", "The star is pink.", "pink"),          # a wrong colour is still an answer
+    ("colour", "The star next to the blue square is red.", "blue"),  # first mention wins (documented)
+    ("colour", "I cannot tell.", None),
+    ("shape", "The red object is a circle.", "circle"),
+    ("shape", "It's round.", "circle"),
+    ("shape", "Those are crosses", "cross"),
+    ("shape", "It looks like a plus sign.", "cross"),
+    ("shape", "A hexagon.", "hexagon"),
+    ("shape", "The red shape is a Triangle.", "triangle"),
+    ("count", "There are three shapes.", "3"),
+    ("count", "3", "3"),
+    ("count", "I count 4 circles.", "4"),
+    ("count", "There is only a single star.", "1"),
+    ("count", "There are no squares.", "0"),
+    ("count", "Two.", "2"),
+    ("count", "Many shapes.", None),
+    ("relation", "The red circle is to the left of the blue square.", "left"),
+    ("relation", "It is on the right-hand side.", "right"),
+    ("relation", "It sits higher than the square.", "above"),
+    ("relation", "Underneath it.", "below"),
+    ("relation", "It is on top of the square.", "above"),
+    ("existence", "Yes, there is a green triangle.", "yes"),
+    ("existence", "yes", "yes"),
+    ("existence", "No, there isn't.", "no"),
+    ("existence", "Nope.", "no"),
+    ("existence", "There isn't one in the image.", "no"),
+    ("existence", "There is a green triangle.", None),
+])
+def test_extract_answer(kind, answer, expected):
+    assert ev.extract_answer(kind, answer) == expected
+
+
+def test_is_correct_and_normalize():
+    assert ev.normalize("Isn't it RED-ish? (3)") == ["isnt", "it", "red", "ish", "3"]
+    assert ev.is_correct("count", "There are three circles.", "3")
+    assert ev.is_correct("count", "There are 3 circles.", "3")
+    assert not ev.is_correct("count", "There are two circles and one square.", "1")
+    assert not ev.is_correct("existence", "No, yes.", "yes")
+    with pytest.raises(ValueError, match="unknown question kind"):
+        ev.extract_answer("size", "large")
+
+
+# ----------------------------------------------------------------------------- descriptions
+
+
+def _objs(*cats):
+    from llava_mini.world import WorldObject
+
+    return [WorldObject(c.split()[1], c.split()[0], "small", (4 + 20 * k, 4, 16, 16)) for k, c in enumerate(cats)]
+
+
+def test_mentioned_objects_parses_colour_shape_phrases():
+    text = ("The picture shows three shapes. A small red circle sits in the top left corner. A Blue, medium-sized "
+            "square is near the centre; the circle is above the square. There are two green stars.")
+    assert ev.mentioned_objects(text) == [("red", "circle"), ("blue", "square"), ("green", "star")]
+    assert ev.mentioned_objects("A star and a crimson cross.") == [(None, "star"), ("red", "cross")]
+    assert ev.mentioned_objects("Nothing but shapes and objects.") == []
+
+
+def test_chair_and_recall_on_hand_written_descriptions():
+    objs = _objs("red circle", "blue square", "green star")
+    perfect = ev.score_description("A red circle, a blue square and a green star.", objs)
+    assert perfect["hallucinated"] == [] and perfect["recalled"] == 3 and perfect["shapes_recalled"] == 3
+    halluc = ev.score_description("A red circle next to a yellow triangle. The star is small. There is a hexagon.", objs)
+    assert halluc["mentioned"] == ["red circle", "yellow triangle", "star", "hexagon"]
+    assert halluc["hallucinated"] == ["yellow triangle", "hexagon"]
+    assert halluc["recalled"] == 1 and halluc["shapes_recalled"] == 2
+    wrong_colour = ev.score_description("A purple circle.", objs)  # right shape, wrong colour: hallucinated
+    assert wrong_colour["hallucinated"] == ["purple circle"] and wrong_colour["shapes_recalled"] == 1
+    metrics = ev.description_metrics([perfect, halluc, wrong_colour])
+    assert metrics["chair_i"] == pytest.approx(3 / 8)
+    assert metrics["chair_s"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(4 / 9)
+    assert metrics["shape_recall"] == pytest.approx(6 / 9)
+    empty = ev.description_metrics([ev.score_description("Nothing to see.", [])])
+    assert empty["chair_i"] is None and empty["recall"] is None and empty["chair_s"] == 0
+
+
+# ----------------------------------------------------------------------------- running the model
+
+
+def test_blind_images_are_identical_and_give_identical_logits(model, tokenizer, processor, records):
+    images = [records[0].load_image(), records[1].load_image()]
+    seeing = ev.prepare_images(images, processor)
+    blind = ev.prepare_images(images, processor, blind=True)
+    assert not torch.equal(seeing[0], seeing[1])
+    assert torch.equal(blind[0], blind[1])
+    # The blank canvas is the processor's mean colour: after normalisation it is ~0 everywhere.
+    assert blind.abs().max() < 0.02
+    ids = torch.stack([build_prompt(tokenizer, "What colour is the star?", N_IMAGE)] * 2)
+    with torch.no_grad():
+        see = model(ids, seeing, return_logits=True).logits
+        blank = model(ids, blind, return_logits=True).logits
+    assert (see[0] - see[1]).abs().max() > 1e-3  # the image moves the logits ...
+    torch.testing.assert_close(blank[0], blank[1], atol=1e-5, rtol=0)  # ... unless it is blanked (fp noise aside)
+
+
+def test_batched_left_padded_answers_equal_one_at_a_time(model, tokenizer, processor, records):
+    items = [(records[i].load_image(), q) for i, q in
+             enumerate(["What colour is the star?", "How many shapes are in this picture, can you count them all?",
+                        "Is there a red circle?"])]
+    batched = ev.generate_answers(model, tokenizer, processor, items, batch_size=3, max_new_tokens=6)
+    single = [ev.chat(model, tokenizer, processor, image, q, max_new_tokens=6) for image, q in items]
+    assert batched == single
+    assert any(batched)
+
+
+def test_evaluate_model_end_to_end_and_blind_ignores_the_image(model, tokenizer, processor, records, world):
+    recs = records[:6]
+    result = ev.evaluate_model(model, tokenizer, processor, recs, world / "images" / "test", seed=SEED,
+                               max_new_tokens=6, n_descriptions=3, description_max_new_tokens=12, batch_size=4)
+    qs = ev.make_questions(recs, seed=SEED)
+    assert len(result["answers"]) == len(qs) == sum(result["n"].values())
+    for row, q in zip(result["answers"], qs):
+        assert (row["question"], row["expected"]) == (q.question, q.expected)
+        assert row["correct"] == ev.is_correct(q.kind, row["answer"], q.expected)
+    assert 0 <= result["micro"] <= 1 and 0 <= result["macro"] <= 1
+    assert result["macro"] == pytest.approx(sum(result["accuracy"].values()) / len(result["accuracy"]))
+    d = result["description"]
+    assert d["descriptions"] == 3 and len(d["items"]) == 3 and d["objects"] == sum(len(r.objects) for r in recs[:3])
+    assert json.dumps(result)  # everything in it can go to a file
+
+    # Blind: the same question on different images gets the same answer (the image is never seen).
+    same_q = [ev.Question(r.image_id, r.file_name, "count", "How many shapes are in this picture?", str(len(r.objects)),
+                          "") for r in recs]
+    blind = ev.evaluate_model(model, tokenizer, processor, recs, questions=same_q, blind=True, max_new_tokens=6,
+                              n_descriptions=0)
+    assert len({a["answer"] for a in blind["answers"]}) == 1
+    assert blind["blind"] and blind["description"] is None
+    seeing = ev.evaluate_model(model, tokenizer, processor, recs, questions=same_q, max_new_tokens=6, n_descriptions=0)
+    assert seeing["settings"]["blind"] is False
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def _fake_result(accs: dict, desc=None):
+    return {"accuracy": accs, "n": {k: 10 for k in accs}, "micro": sum(accs.values()) / len(accs),
+            "macro": sum(accs.values()) / len(accs), "answers": [], "blind": False, "settings": {},
+            "description": desc}
+
+
+def test_gap_closed_table_plot_and_json(tmp_path):
+    results = {
+        "blind": _fake_result({"colour": 0.2, "shape": 0.25, "count": 0.5, "relation": 0.5, "existence": 1.0}),
+        "stage 2 LoRA": _fake_result({"colour": 0.6, "shape": 0.25, "count": 0.75, "relation": 0.4, "existence": 1.0},
+                                     desc={"recall": 0.5, "chair_i": 0.1, "chair_s": 0.3, "items": []}),
+    }
+    gap = ev.gap_closed(results["stage 2 LoRA"], results["blind"])
+    assert gap["colour"] == pytest.approx(0.5) and gap["shape"] == 0 and gap["count"] == pytest.approx(0.5)
+    assert gap["relation"] == pytest.approx(-0.2) and gap["existence"] is None
+    table = ev.results_table(results)
+    lines = table.splitlines()
+    assert lines[0] == "| model | colour | shape | count | relation | existence | macro | micro | recall | CHAIR_i | CHAIR_s |"
+    assert lines[3].startswith("| stage 2 LoRA | 60.0 | 25.0 | 75.0 | 40.0 | 100.0 |")
+    assert "| stage 2 LoRA | 50.0 | 0.0 | 50.0 | -20.0 | - |" in table
+    fig = ev.plot_comparison(results, tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    assert saved["stage 2 LoRA"]["accuracy"]["colour"] == 0.6
+    assert saved["stage 2 LoRA"]["gap_closed"]["colour"] == pytest.approx(0.5)
+    assert "answers" not in saved["blind"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the judge
+
+
+class FakeJudge:
+    identity = "fake-judge"
+
+    def __init__(self, replies):
+        self.replies, self.seen = list(replies), []
+
+    def complete(self, messages):
+        self.seen.append(messages)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def test_judge_relative_score_with_a_fake_teacher():
+    items = [{"kind": "colour", "question": "What colour is the star?", "context": "A red star.\n\nred star: [0.1, 0.1, 0.3, 0.3]",
+              "reference": "The star is red.", "answer": "It is blue."},
+             {"kind": "count", "question": "How many?", "context": "ctx", "reference": "Two.", "answer": "Two."},
+             {"kind": "count", "question": "How many?", "context": "ctx", "reference": "One.", "answer": "One."},
+             {"kind": "count", "question": "How many?", "context": "ctx", "reference": "One.", "answer": ""}]
+    judge = FakeJudge(["8 2\nThe second answer is wrong.", "Scores: 9/10, 9/10\nboth right", "I like both.",
+                       TeacherError("timeout")])
+    out = ev.judge_answers(items, judge=judge)
+    assert out["judged"] == 2 and out["unparsed"] == 1 and out["failed"] == 1
+    assert out["relative_score"] == pytest.approx(100 * 11 / 17)
+    assert out["by_kind"] == {"colour": pytest.approx(25.0), "count": pytest.approx(100.0)}
+    assert out["judge"] == "fake-judge"
+    prompt = judge.seen[0][1]["content"]
+    assert prompt.index("The star is red.") < prompt.index("It is blue.")  # reference is Assistant 1
+    assert "red star: [0.1" in prompt and "What colour is the star?" in prompt
+    assert ev.parse_judge_scores("7.5 8") == (7.5, 8.0) and ev.parse_judge_scores("10 11") is None
+
+
+def test_judge_skipped_without_a_key(monkeypatch, capsys):
+    for var in ("LLAVA_MINI_TEACHER_API_KEY", "OPENAI_API_KEY", "LLAVA_MINI_TEACHER_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert ev.judge_answers([{"question": "q", "context": "c", "reference": "r", "answer": "a"}]) is None
+    assert "judge skipped" in capsys.readouterr().err
+
+
+def test_judge_items_from_a_result(records):
+    recs = records[:4]
+    qs = ev.make_questions(recs, seed=SEED)
+    result = {"answers": [{"image_id": q.image_id, "kind": q.kind, "question": q.question, "reference": q.reference,
+                           "answer": q.reference} for q in qs],
+              "description": {"items": [{"image_id": recs[0].image_id, "instruction": "Describe this image in detail.",
+                                         "description": "A red circle."}]}}
+    items = ev.judge_items(result, recs, max_per_kind=2)
+    kinds = Counter(i["kind"] for i in items)
+    assert kinds["detail"] == 1 and all(v <= 2 for v in kinds.values())
+    detail = next(i for i in items if i["kind"] == "detail")
+    assert len(detail["reference"].split()) > 8 and recs[0].captions[0] in detail["context"]

@@ -278,9 +278,10 @@ def make_questions(
 
 
 def normalize(text: str) -> list[str]:
-    """Lowercase words: apostrophes dropped ("isn't" -> "isnt"), other punctuation and hyphens become spaces."""
+    """Lowercase words: apostrophes dropped ("isn't" -> "isnt"), other punctuation and hyphens split words;
+    a decimal ("0.25") stays one token, so its digits are never read as a count."""
     text = text.lower().replace("'", "").replace("\u2019", "")
-    return re.sub(r"[^a-z0-9]+", " ", text).split()
+    return re.findall(r"\d+(?:\.\d+)+|[a-z0-9]+", text)
 
 
 def _forms(words: dict[str, str], plural: bool = False) -> dict[tuple[str, ...], str]:
@@ -464,7 +465,7 @@ def generate_answers(
     tokenizer,
     image_processor,
     items: Sequence[tuple[Image.Image, str]],
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_new_tokens: int = 24,
     system_prompt: str | None = None,
     blind: bool = False,
@@ -473,28 +474,42 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to (image, question) pairs, in their order, batched with left-padded prompts.
 
-    Prompts are sorted by length so batches carry little padding; each answer is decoded without
-    special tokens and stripped."""
+    Items are batched in their order, so questions about one image (adjacent in ``make_questions``)
+    share a batch, and each distinct image of a batch (by identity) goes through the vision tower once:
+    the vision work is per image, not per question, and memory stays one batch's worth. Answers are
+    decoded without special tokens and stripped; they are the tokens ``LlavaMini.generate`` gives on
+    pixel values (the tests check it against ``chat``)."""
     base = _base(model)
     was_training = base.training
     base.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [build_prompt(tokenizer, q, base.num_image_tokens, system_prompt=system_prompt) for _, q in items]
-    order = sorted(range(len(items)), key=lambda i: (len(prompts[i]), i))
+    batches = [list(range(k, min(k + batch_size, len(items)))) for k in range(0, len(items), batch_size)]
     answers: list[str] = [""] * len(items)
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=desc)
     try:
         for batch in batches:
+            slot: dict[int, int] = {}  # id(image) -> its row among the batch's distinct images
+            distinct = []
+            for i in batch:
+                if id(items[i][0]) not in slot:
+                    slot[id(items[i][0])] = len(distinct)
+                    distinct.append(items[i][0])
+            pixel_values = prepare_images(distinct, image_processor, blind).to(base.device)
+            features = base.encode_images(pixel_values)  # (B_distinct, N, D_text)
             inputs = collate_prompts([prompts[i] for i in batch], pad)
-            pixel_values = prepare_images([items[i][0] for i in batch], image_processor, blind)
-            new = base.generate(
-                inputs["input_ids"].to(base.device), pixel_values.to(base.device),
-                attention_mask=inputs["attention_mask"].to(base.device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+            input_ids = inputs["input_ids"].to(base.device)
+            # What LlavaMini.embed_inputs does, with each image's features computed once.
+            image_mask = input_ids == base.config.image_token_id
+            embeds = base.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+            rows = features[[slot[id(items[i][0])] for i in batch]]
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), rows.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+            new = base.language_model.generate(
+                inputs_embeds=embeds, attention_mask=inputs["attention_mask"].to(base.device),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
             )
             for i, ids in zip(batch, new.tolist()):
                 answers[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -556,7 +571,7 @@ def evaluate_model(
     per_kind: int = 1,
     max_per_kind: int | None = None,
     blind: bool = False,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_new_tokens: int = 24,
     n_descriptions: int | None = 50,
     description_max_new_tokens: int = 160,

@@ -176,7 +176,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token", "unk_token")] + [IMAGE_TOKEN]
+    # </s> must not get id 2: CLIP's text tower treats eos_token_id == 2 as a legacy config and pools at
+    # the *largest token id* instead of at </s> (transformers keeps that for old checkpoints).
+    specials = [SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "unk_token")] + [IMAGE_TOKEN, SPECIAL_TOKENS["eos_token"]]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
@@ -188,6 +190,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 # ----------------------------------------------------------------------------- vision tower
+
+
+def _embeds(out) -> torch.Tensor:
+    """get_image_features / get_text_features return a tensor or, in newer transformers, an output object."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -233,6 +240,9 @@ class PatchHeads(nn.Module):
 
 def make_clip(recipe: BackboneRecipe, config: WorldConfig, tokenizer):
     from transformers import CLIPConfig, CLIPModel
+
+    if tokenizer.eos_token_id == 2:
+        raise ValueError("CLIP's text tower pools at the largest token id when eos_token_id == 2; give </s> another id")
 
     clip_config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=recipe.text_hidden,
@@ -345,9 +355,7 @@ def pretrain_vision(clip, heads: PatchHeads, images, targets, captions, tokenize
         with amp:
             vis = clip.vision_model(pixel_values=to_pixels(images_t[idx], processor), output_hidden_states=True)
             image_embeds = clip.visual_projection(vis.pooler_output)
-            text_embeds = clip.get_text_features(input_ids=text_ids, attention_mask=text_mask)
-            if not isinstance(text_embeds, torch.Tensor):  # transformers may return an output object
-                text_embeds = text_embeds.pooler_output
+            text_embeds = _embeds(clip.get_text_features(input_ids=text_ids, attention_mask=text_mask))
             c_loss = contrastive_loss(image_embeds.float(), text_embeds.float(), clip.logit_scale)
             p_loss, acc = heads(vis.hidden_states[-2][:, 1:], targets_t[idx], accuracy=logging)
             loss = c_loss + p_loss
@@ -485,15 +493,48 @@ def probe_patches(vision_model, processor, train, test, config: WorldConfig) -> 
 def retrieval_top1(clip, processor, tokenizer, images: np.ndarray, captions: list[str]) -> dict[str, float]:
     """Image->text and text->image top-1 accuracy among len(images) candidates."""
     device = next(clip.parameters()).device
-    img = clip.get_image_features(pixel_values=to_pixels(images, processor, device))
+    img = _embeds(clip.get_image_features(pixel_values=to_pixels(images, processor, device)))
     ids, mask = tokenize_captions(tokenizer, captions)
-    txt = clip.get_text_features(input_ids=ids.to(device), attention_mask=mask.to(device))
-    img = img if isinstance(img, torch.Tensor) else img.pooler_output
-    txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
+    txt = _embeds(clip.get_text_features(input_ids=ids.to(device), attention_mask=mask.to(device)))
     sim = F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
     target = torch.arange(len(sim), device=sim.device)
     return {"image_to_text": (sim.argmax(1) == target).float().mean().item(),
             "text_to_image": (sim.argmax(0) == target).float().mean().item()}
+
+
+def contrastive_demo(tokenizer, processor, n_images: int = 512, steps: int = 80, batch: int = 64,
+                     n_show: int = 8, seed: int = 0) -> dict:
+    """CLIP's objective, live and small: a fresh two-layer CLIP trained on world images and their complete
+    captions for `steps` steps. Returns the loss curve and the image x caption similarity of `n_show`
+    held-out pairs before and after (the diagonal should light up)."""
+    config = WorldConfig()
+    recipe = replace(BackboneRecipe.toy(), vision_hidden=64, vision_layers=2, text_hidden=64, embed_dim=64, seed=seed)
+    images, _, captions, _ = render_pool(n_images + n_show, seed + 7, config, recipe.patch_size, workers=1)
+    clip = make_clip(recipe, config, tokenizer)
+    opt = torch.optim.AdamW(clip.parameters(), lr=2e-3)
+    ids, mask = tokenize_captions(tokenizer, [c[0] for c in captions])
+    pixels = to_pixels(images, processor)
+    show = slice(n_images, n_images + n_show)
+
+    @torch.no_grad()
+    def similarity():
+        img = _embeds(clip.get_image_features(pixel_values=pixels[show]))
+        txt = _embeds(clip.get_text_features(input_ids=ids[show], attention_mask=mask[show]))
+        return (F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T).numpy()
+
+    before = similarity()
+    gen, losses = torch.Generator().manual_seed(seed), []
+    for _ in range(steps):
+        idx = torch.randint(n_images, (batch,), generator=gen)
+        img = _embeds(clip.get_image_features(pixel_values=pixels[idx]))
+        txt = _embeds(clip.get_text_features(input_ids=ids[idx], attention_mask=mask[idx]))
+        loss = contrastive_loss(img, txt, clip.logit_scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return {"losses": losses, "before": before, "after": similarity(), "images": images[show],
+            "captions": [c[0] for c in captions[show]], "chance_loss": math.log(batch)}
 
 
 # ----------------------------------------------------------------------------- the whole build
@@ -558,15 +599,96 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
     return report
 
 
+def retune_text_tower(vision_dir: str | Path = BACKBONES_DIR / "vision", n_scenes: int = 20_000, minutes: float = 6.0,
+                      batch: int = 256, lr: float = 1e-3, seed: int = 1, device: str = "cpu", workers: int | None = None,
+                      log=print) -> dict:
+    """Locked-image tuning (LiT): keep a trained vision tower, give CLIP a fresh tokenizer and text tower,
+    and train only the text side (+ both projections) contrastively against the frozen image embeddings.
+
+    CLIP's two towers need not share the LM's tokenizer (real CLIP and Vicuna don't), so this repairs or
+    replaces a text tower without touching what the LM reads. Cheap on a CPU: the image side is computed once.
+    """
+    from transformers import CLIPModel, CLIPImageProcessor
+
+    vision_dir = Path(vision_dir)
+    config = WorldConfig()
+    old = CLIPModel.from_pretrained(vision_dir, dtype=torch.float32)
+    processor = CLIPImageProcessor.from_pretrained(vision_dir)
+    t0 = time.time()
+    images, _, captions, scenes = render_pool(n_scenes, seed, config, old.config.vision_config.patch_size, workers)
+    n_test = 500
+    tokenizer = train_tokenizer(world_text_corpus(scenes[:-n_test], captions[:-n_test], config), 2048)
+    recipe = BackboneRecipe(seed=seed, text_hidden=old.config.text_config.hidden_size,
+                            text_layers=old.config.text_config.num_hidden_layers, embed_dim=old.config.projection_dim,
+                            vision_hidden=old.config.vision_config.hidden_size,
+                            vision_layers=old.config.vision_config.num_hidden_layers,
+                            vision_heads=old.config.vision_config.num_attention_heads,
+                            patch_size=old.config.vision_config.patch_size)
+    clip = make_clip(recipe, config, tokenizer)
+    clip.vision_model.load_state_dict(old.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(old.visual_projection.state_dict())
+    clip.to(device)
+    clip.vision_model.requires_grad_(False)
+    with torch.no_grad():  # the locked image side, once: (n, vision_hidden) pooled CLS features
+        pooled = torch.cat([clip.vision_model(pixel_values=to_pixels(images[i: i + 512], processor, device)).pooler_output
+                            for i in range(0, n_scenes, 512)])
+    log(f"rendered and encoded {n_scenes} images in {time.time() - t0:.0f} s")
+    ids, mask = tokenize_captions(tokenizer, [c for caps in captions for c in caps])
+    ids, mask = ids.view(n_scenes, 5, -1).to(device), mask.view(n_scenes, 5, -1).to(device)
+    params = [p for p in clip.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = BudgetedCosine(opt, 100_000, minutes, lr)
+    gen = torch.Generator().manual_seed(seed)
+    clip.train()
+    n_train, step, start = n_scenes - n_test, 0, time.time()
+    while True:
+        idx = torch.randint(n_train, (batch,), generator=gen)
+        pick = torch.where(torch.rand(batch, generator=gen) < 0.5, 0, torch.randint(5, (batch,), generator=gen))
+        text = _embeds(clip.get_text_features(input_ids=ids[idx, pick], attention_mask=mask[idx, pick]))
+        loss = contrastive_loss(clip.visual_projection(pooled[idx]), text, clip.logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))
+        more = sched.step()
+        if step % 200 == 0 or not more:
+            log(json.dumps({"step": step, "planned": sched.total, "contrastive": round(loss.item(), 4),
+                            "seconds": round(time.time() - start, 1)}))
+        step += 1
+        if not more:
+            break
+    clip.eval()
+    test = slice(n_train, n_scenes)
+    retrieval = retrieval_top1(clip, processor, tokenizer, images[test], [c[0] for c in captions[test]])
+    clip.save_pretrained(vision_dir)
+    tokenizer.save_pretrained(vision_dir)
+    report_file = vision_dir.parent / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    report["text_tower_retuned"] = {"how": "LiT: vision tower locked, fresh tokenizer + text tower", "device": device,
+                                    "steps": step, "seconds": round(time.time() - start, 1), "n_scenes": n_scenes}
+    report["retrieval_top1"] = retrieval
+    report["retrieval_candidates"] = n_test
+    report_file.write_text(json.dumps(report, indent=1))
+    log(json.dumps({"retrieval_top1": retrieval}))
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(BACKBONES_DIR))
     parser.add_argument("--device", default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--toy", action="store_true", help="a seconds-long run at toy size (tests)")
+    parser.add_argument("--retune-text", metavar="VISION_DIR", default=None,
+                        help="only retrain CLIP's text tower against the locked vision tower in VISION_DIR (LiT)")
+    parser.add_argument("--retune-minutes", type=float, default=6.0)
     for field_name, value in asdict(BackboneRecipe()).items():
         parser.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=None)
     args = parser.parse_args(argv)
+    if args.retune_text:
+        retune_text_tower(args.retune_text, minutes=args.retune_minutes, device=args.device or "cpu", workers=args.workers)
+        return
     recipe = BackboneRecipe.toy() if args.toy else BackboneRecipe()
     overrides = {k: getattr(args, k) for k in asdict(recipe) if getattr(args, k) is not None}
     recipe = replace(recipe, **overrides)

@@ -1,0 +1,69 @@
+"""The tiny-backbone builder: end to end at toy size, and the pieces it rests on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llava_mini import backbones
+from llava_mini.backbones import BackboneRecipe, build_backbones, patch_coverage, train_tokenizer
+from llava_mini.world import WorldConfig, WorldObject, Scene
+
+
+def test_builder_runs_end_to_end_at_toy_size(tmp_path):
+    report = build_backbones(tmp_path, BackboneRecipe.toy(), device="cpu", workers=1, log=lambda *_: None)
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    lm = LlamaForCausalLM.from_pretrained(tmp_path / "lm")
+    clip = CLIPModel.from_pretrained(tmp_path / "vision")
+    proc = CLIPImageProcessor.from_pretrained(tmp_path / "vision")
+    assert lm.config.vocab_size == len(tok)
+    assert clip.config.vision_config.image_size == WorldConfig().image_size
+    assert len(proc.image_mean) == 3
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["patch_probe"]) == {"shape", "color", "size"}
+    assert 0.0 <= report["retrieval_top1"]["image_to_text"] <= 1.0
+    # the chat template renders a Vicuna-like turn and ends the answer with </s>
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}], tokenize=False)
+    assert text == "USER: hi\nASSISTANT: yes</s>\n"
+
+
+def test_eos_token_never_gets_clip_legacy_id():
+    tok = train_tokenizer(["a red circle", "two blue squares"], vocab_size=300)
+    assert tok.eos_token_id != 2 and tok.convert_tokens_to_ids("<image>") is not None
+    # CLIP's text tower pools at the first </s>: with id 2 it would pool at the largest token id instead
+    ids, mask = backbones.tokenize_captions(tok, ["a red circle", "two"])
+    assert ids[0, mask[0].sum() - 1] == tok.eos_token_id and ids[1, mask[1].sum() - 1] == tok.eos_token_id
+
+
+def test_patch_coverage_counts_drawn_pixels():
+    config = WorldConfig()
+    square = WorldObject("square", "red", "medium", (8, 8, 16, 16))  # exactly patches (1,1),(1,2),(2,1),(2,2)
+    scene = Scene(image_id=1, objects=(square,), background=((230, 230, 230),) * 2, gradient_vertical=False)
+    cover = patch_coverage(scene, config, patch=8).reshape(8, 8)
+    assert cover[1:3, 1:3].min() > 0.95 and cover.sum() == pytest.approx(4.0, abs=0.1)
+
+
+def test_linear_probe_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(3, (300,), generator=gen)
+    x = torch.randn(300, 8, generator=gen) * 0.1 + torch.nn.functional.one_hot(y, 8).float()
+    assert backbones.linear_probe(x[:200], y[:200], x[200:], y[200:], classes=3) > 0.95
+    noise = torch.randn(300, 8, generator=gen)
+    assert backbones.linear_probe(noise[:200], y[:200], noise[200:], y[200:], classes=3) < 0.6
+
+
+def test_shipped_backbones_load_like_hub_models():
+    from transformers import AutoTokenizer, CLIPVisionModel, LlamaForCausalLM
+
+    root = backbones.BACKBONES_DIR
+    report = json.loads((root / "report.json").read_text())
+    tower = CLIPVisionModel.from_pretrained(root / "vision")
+    lm = LlamaForCausalLM.from_pretrained(root / "lm")
+    tok = AutoTokenizer.from_pretrained(root / "lm")
+    assert lm.config.vocab_size == len(tok) and "<image>" in tok.get_vocab()
+    out = tower(pixel_values=torch.zeros(1, 3, 64, 64), output_hidden_states=True)
+    assert out.hidden_states[-2].shape == (1, 1 + 64, report["recipe"]["vision_hidden"])
+    assert report["patch_probe"]["shape"] >= 0.9 and report["patch_probe"]["color"] >= 0.95

@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, \
     PreTrainedTokenizerFast
@@ -80,8 +79,7 @@ def processor():
     return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
+def make_model(tokenizer):
     torch.manual_seed(0)
     vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
                                               intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
@@ -92,6 +90,11 @@ def model(tokenizer):
     for p in m.projector.parameters():  # strong projector weights: the image must move the logits
         torch.nn.init.normal_(p, std=1.0)
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return make_model(tokenizer)
 
 
 # ----------------------------------------------------------------------------- questions vs ground truth
@@ -315,6 +318,21 @@ def test_batched_left_padded_answers_equal_one_at_a_time(model, tokenizer, proce
     single = [ev.chat(model, tokenizer, processor, image, q, max_new_tokens=6) for image, q in items]
     assert batched == single
     assert any(batched)
+    follow_up = ev.chat(model, tokenizer, processor, images[0], "And the circle?", history=[(items[0][1], batched[0])],
+                        max_new_tokens=3)
+    assert isinstance(follow_up, str)
+
+
+def test_answers_through_a_peft_wrapper_and_training_mode_restored(tokenizer, processor, records, model):
+    from peft import LoraConfig, get_peft_model
+
+    items = [(records[0].load_image(), "What colour is the star?")]
+    plain = ev.generate_answers(model, tokenizer, processor, items, max_new_tokens=5)
+    wrapped = get_peft_model(make_model(tokenizer), LoraConfig(
+        r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))  # B = 0: same outputs as the plain model
+    wrapped.train()
+    assert ev.generate_answers(wrapped, tokenizer, processor, items, max_new_tokens=5) == plain
+    assert wrapped.get_base_model().training  # evaluation put it in eval mode and back
 
 
 def test_evaluate_model_end_to_end_and_blind_ignores_the_image(model, tokenizer, processor, records, world):

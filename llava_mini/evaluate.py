@@ -731,10 +731,11 @@ def plot_comparison(results: dict[str, dict], path: str | Path | None = None, bl
         ax.bar(x + (k - (len(names) - 1) / 2) * width, values, width, label=name,
                hatch="//" if name == blind_name else None, alpha=0.9)
     ax.set_xticks(x, groups)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 112)  # headroom for the legend above 100 %
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("accuracy (%)")
     ax.set_title("held-out questions by kind")
-    ax.legend(fontsize=8, ncol=min(4, len(names)))
+    ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     if with_desc:
         ax2 = axes[0, 1]
@@ -743,9 +744,11 @@ def plot_comparison(results: dict[str, dict], path: str | Path | None = None, bl
         for k, name in enumerate(names):
             d = results[name].get("description") or {}
             values = [np.nan if d.get(m) is None else 100 * d[m] for m in metrics]
-            ax2.bar(x2 + (k - (len(names) - 1) / 2) * width, values, width, label=name)
+            ax2.bar(x2 + (k - (len(names) - 1) / 2) * width, values, width, label=name,
+                    hatch="//" if name == blind_name else None, alpha=0.9)
         ax2.set_xticks(x2, ["recall ↑", "CHAIR_i ↓", "CHAIR_s ↓"])
-        ax2.set_ylim(0, 100)
+        ax2.set_ylim(0, 112)
+        ax2.set_yticks(range(0, 101, 20))
         ax2.set_title("detailed descriptions")
         ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()

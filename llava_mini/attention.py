@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -614,31 +615,44 @@ def model_view(image: Image.Image, image_processor) -> Image.Image:
 
 def overlay(ax, image: Image.Image, grid_map: torch.Tensor, bbox: Sequence[float] | None = None,
             original_size: tuple[int, int] | None = None, alpha: float = 0.55, cmap: str = "inferno",
-            title: str | None = None, vmax: float | None = None, fontsize: int = 8):
+            title: str | None = None, vmax: float | None = None, fontsize: int = 8, gray: bool = True):
     """Draw a (rows, cols) attention map as a heatmap over a square image; optionally a box.
 
     Each cell is one patch, drawn as a flat square (``nearest``): smoothing would invent detail the
-    model never had. ``bbox`` is in the coordinates of ``original_size`` (width, height) before
+    model never had. The colour scale runs from 0 to the map's own maximum unless ``vmax`` is given.
+    The image is shown in grey under the heat (``gray=False``: in colour); ``alpha=0`` shows just the image. ``bbox`` is in the coordinates of ``original_size`` (width, height) before
     padding; by default those of ``image``.
     """
     from matplotlib.patches import Rectangle
 
     side = max(image.size)
-    ax.imshow(image, extent=(0, side, side, 0), interpolation="nearest")
+    if gray and alpha > 0:
+        # A grey image under the heat: the heat's colours cannot be mistaken for the objects' colours.
+        ax.imshow(image.convert("L"), extent=(0, side, side, 0), interpolation="nearest", cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image, extent=(0, side, side, 0), interpolation="nearest")
     heat = grid_map.detach().float().numpy()
     ax.imshow(heat, extent=(0, side, side, 0), cmap=cmap, alpha=alpha, interpolation="nearest",
               vmin=0, vmax=vmax if vmax is not None else max(float(heat.max()), 1e-12))
     if bbox is not None:
         width, height = original_size or image.size
+        scale = side / max(width, height)  # the square we draw may be resized from the padded original
         x, y, w, h = bbox
         x += (max(width, height) - width) // 2
         y += (max(width, height) - height) // 2
-        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="cyan", linewidth=1.5))
+        ax.add_patch(Rectangle((x * scale, y * scale), w * scale, h * scale, fill=False, edgecolor="cyan",
+                               linewidth=1.5))
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=fontsize)
     return ax
+
+
+def _short(text: str, width: int = 34) -> str:
+    """The first line of a model answer, cut to ``width`` characters, for figure titles."""
+    line = text.strip().split("\n")[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _save(fig, path):
@@ -653,14 +667,15 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
     import matplotlib.pyplot as plt
 
     n_layers = results[0].attention.num_layers
-    fig, axes = plt.subplots(len(results), n_layers + 1, figsize=(1.9 * (n_layers + 1), 2.1 * len(results)),
+    fig, axes = plt.subplots(len(results), n_layers + 1, figsize=(2.0 * (n_layers + 1), 2.3 * len(results)),
                              squeeze=False)
     for row, r in zip(axes, results):
         q, image = r.question, r.question.record.load_image()
         view = model_view(image, image_processor)
         overlay(row[0], view, torch.zeros(r.attention.grid), q.bbox, image.size, alpha=0)
-        mark = "right" if r.correct else "WRONG"
-        row[0].set_title(f"{q.question}\n-> {r.answer!r} ({mark})", fontsize=7)
+        mark = "right" if r.correct else f"wrong, expected {q.expected}"
+        row[0].set_title("\n".join(textwrap.wrap(q.question, 30)) + f"\n-> {_short(r.answer, 28)!r}\n({mark})",
+                         fontsize=7)
         for layer in range(n_layers):
             overlay(row[layer + 1], view, r.attention.grid_map(layer=layer), q.bbox, image.size,
                     title=f"layer {layer}: score {float(r.by_layer[layer]):.2f}", fontsize=7)
@@ -671,15 +686,16 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
     return fig
 
 
-def plot_token_layers(result: GroundingResult, image_processor, path=None, title: str | None = None):
-    """Rows: layers; columns: answer tokens. Cell (l, t): where the query that produced token t looked
-    in layer l (heads averaged). The title of each column is the token it produced."""
+def plot_token_layers(result: GroundingResult, image_processor, path=None, title: str | None = None,
+                      max_tokens: int = 8):
+    """Rows: layers; columns: answer tokens (the first ``max_tokens``). Cell (l, t): where the query
+    that produced token t looked in layer l (heads averaged). Each column is titled with its token."""
     import matplotlib.pyplot as plt
 
     att = result.attention
     image = result.question.record.load_image()
     view = model_view(image, image_processor)
-    n_layers, n_tokens = att.num_layers, len(att.answer_ids)
+    n_layers, n_tokens = att.num_layers, min(len(att.answer_ids), max_tokens)
     fig, axes = plt.subplots(n_layers, n_tokens, figsize=(1.7 * n_tokens, 1.8 * n_layers), squeeze=False)
     share = att.image_share.mean(1)  # (layers, tokens)
     for layer in range(n_layers):
@@ -690,7 +706,7 @@ def plot_token_layers(result: GroundingResult, image_processor, path=None, title
                          else f"img {float(share[layer, t]):.0%}", fontsize=7)
             if t == 0:
                 ax.set_ylabel(f"layer {layer}", fontsize=8)
-    fig.suptitle(title or f"{result.question.question} -> {att.answer_text!r}", fontsize=9)
+    fig.suptitle(title or f"{result.question.question} -> {_short(att.answer_text, 60)!r}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return fig
@@ -740,27 +756,76 @@ def plot_grounding_by_correctness(summaries: dict[str, dict], path=None):
 
 
 def plot_masking(report: dict, path=None, title: str | None = None):
-    """Accuracy with nothing masked, the object's box masked, and for each k the top-attended vs
-    random patches masked."""
+    """Left: accuracy with nothing masked, the object's box masked, and for each k the top-attended vs
+    random patches masked. Right: the share of answers that changed at all."""
     import matplotlib.pyplot as plt
 
-    labels, values, colors = ["nothing"], [report["unmasked_accuracy"]], ["tab:gray"]
-    labels.append(f"object's box\n({report['box']['patches']:.0f} patches)")
-    values.append(report["box"]["accuracy"])
-    colors.append("tab:purple")
+    conditions = [("object's box\n(%.0f patches)" % report["box"]["patches"], report["box"], "tab:purple")]
     for key, entry in report.items():
         if key.startswith("k="):
             k = key[2:]
-            labels += [f"top {k}\nattended", f"{k} random"]
-            values += [entry["top_attended"]["accuracy"], entry["random"]["accuracy"]]
-            colors += ["tab:red", "tab:blue"]
-    fig, ax = plt.subplots(figsize=(1.25 * len(labels) + 1, 3.4))
-    bars = ax.bar(range(len(labels)), values, color=colors)
-    for bar, v in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.0%}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=8)
-    ax.set(ylabel="accuracy", ylim=(0, 1), title=title or f"Masking patches (n={report['n_questions']})")
+            conditions += [(f"top {k}\nattended", entry["top_attended"], "tab:red"),
+                           (f"{k}\nrandom", entry["random"], "tab:blue")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2.2 * len(conditions) + 2, 3.4))
+    panels = [
+        (left, ["nothing"] + [c[0] for c in conditions], [report["unmasked_accuracy"]] + [c[1]["accuracy"] for c in conditions],
+         ["tab:gray"] + [c[2] for c in conditions], "accuracy"),
+        (right, [c[0] for c in conditions], [c[1]["changed"] for c in conditions], [c[2] for c in conditions],
+         "answers that changed"),
+    ]
+    for ax, labels, values, colors, ylabel in panels:
+        bars = ax.bar(range(len(labels)), values, color=colors)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.0%}", ha="center", fontsize=8)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set(ylabel=ylabel, ylim=(0, 1))
+    left.set_title("accuracy after masking", fontsize=9)
+    right.set_title("answers that changed", fontsize=9)
+    fig.suptitle(title or f"Masking patches (n={report['n_questions']})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def pixels_to_image(pixel_values: torch.Tensor, image_processor) -> Image.Image:
+    """Undo the processor's normalisation: (3, H, W) -> a PIL image (to show what the model was given)."""
+    mean = torch.tensor(image_processor.image_mean).reshape(3, 1, 1)
+    std = torch.tensor(image_processor.image_std).reshape(3, 1, 1)
+    array = ((pixel_values.float() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+@torch.no_grad()
+def plot_masking_example(model, tokenizer, image_processor, result: GroundingResult, k: int = 4, seed: int = 0,
+                         path=None):
+    """One question three ways: the image as given, its k most-attended patches masked, k random
+    patches masked; each panel titled with the model's answer to that version."""
+    import matplotlib.pyplot as plt
+
+    base = unwrap(model)
+    grid = patch_grid(base)
+    clean = image_to_pixel_values(result.question.record.load_image(), image_processor)
+    fill = mean_fill(image_processor)
+    random_patches = torch.randperm(grid[0] * grid[1], generator=torch.Generator().manual_seed(seed))[:k]
+    versions = {
+        "as given": clean,
+        f"top {k} attended masked": mask_patches(clean, top_patches(result.attention, k), grid, fill),
+        f"{k} random masked": mask_patches(clean, random_patches, grid, fill),
+    }
+    prompt = build_prompt(tokenizer, result.question.question, base.num_image_tokens)
+    answers = greedy_answer_ids(base, tokenizer, [prompt] * len(versions), torch.stack(list(versions.values())))
+    fig, axes = plt.subplots(1, len(versions) + 1, figsize=(2.9 * (len(versions) + 1), 3.1))
+    view = pixels_to_image(clean, image_processor)
+    record = result.question.record
+    overlay(axes[0], view, result.attention.grid_map(), result.question.bbox, (record.width, record.height),
+            title="attention (all layers)", fontsize=8)
+    for ax, (name, pixel_values), ids in zip(axes[1:], versions.items(), answers):
+        ax.imshow(pixels_to_image(pixel_values, image_processor), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{name}\n-> {_short(tokenizer.decode(ids, skip_special_tokens=True), 28)!r}", fontsize=8)
+    fig.suptitle(f"{result.question.question}  (expected: {result.question.expected})", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     return fig

@@ -1,0 +1,365 @@
+"""Three sizes of the same recipe: which towers, which data, which training settings.
+
+    tiny   the shipped backbones (data/backbones), the generated shapes world; a 2-core CPU, minutes
+    colab  CLIP ViT-B/16 + Qwen2.5-0.5B-Instruct from the hub, COCO 2017; a free T4 (fp16, QLoRA)
+    paper  CLIP ViT-L/14-336 + Vicuna-7B v1.5, 4-bit; one A100/H100; the LLaVA v1.5 LoRA recipe
+
+Everything downstream takes a preset: ``load_processors`` (tokenizer with a chat template and an
+``<image>`` token, image processor), ``load_base`` (LlavaMini from the two towers, the LM optionally in
+4-bit), ``training_data`` (the stage-1 / instruction JSON files and the image folder) and
+``Preset.train_config(stage)``. Hub names are ordinary ``from_pretrained`` names: point ``vision`` /
+``lm`` at local folders (``dataclasses.replace(preset, lm="/path")``) and nothing else changes.
+
+``estimate_memory(preset)`` prints what a run will need before it starts, from the shapes alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .paths import DATA_DIR, work_dir
+from .train import TrainConfig, compute_dtype, qlora_quantization_config, resolve_precision
+
+GIB = 1024 ** 3
+
+# Vicuna v1.1+ conversation format (lmsys/vicuna-7b-v1.5 ships no chat template): the system line,
+# then "USER: ... ASSISTANT: ...</s>" turns, as LLaVA v1.5's "v1" conversation template writes them.
+VICUNA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }} "
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }} "
+    "{% else %}ASSISTANT: {{ m['content'] }}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the human's questions.")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes ``estimate_memory`` needs, known without downloading anything (from the configs)."""
+
+    vision_hidden: int
+    vision_layers: int
+    vision_intermediate: int
+    image_size: int
+    patch_size: int
+    lm_hidden: int
+    lm_layers: int
+    lm_intermediate: int
+    lm_heads: int
+    lm_kv_heads: int
+    vocab_size: int
+    tied_embeddings: bool
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def kv_dim(self) -> int:
+        return self.lm_kv_heads * (self.lm_hidden // self.lm_heads)
+
+    def lm_linear_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every linear layer in one decoder layer (Llama / Qwen2 / Mistral layout)."""
+        h, i, kv = self.lm_hidden, self.lm_intermediate, self.kv_dim
+        return [(h, h), (h, kv), (h, kv), (h, h),   # q, k, v, o
+                (h, i), (h, i), (i, h)]             # gate, up, down
+
+    def lm_linear_params(self) -> int:
+        return self.lm_layers * sum(a * b for a, b in self.lm_linear_shapes())
+
+    def lm_other_params(self) -> int:
+        """Embeddings, the output head when untied, norms."""
+        embeddings = self.vocab_size * self.lm_hidden * (1 if self.tied_embeddings else 2)
+        return embeddings + (2 * self.lm_layers + 1) * self.lm_hidden
+
+    def vision_params(self) -> int:
+        h, i = self.vision_hidden, self.vision_intermediate
+        per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention, MLP, two layer norms
+        embeddings = 3 * self.patch_size ** 2 * h + (self.num_image_tokens + 2) * h  # patches, positions, CLS
+        return self.vision_layers * per_layer + embeddings + 4 * h
+
+    def projector_params(self) -> int:  # mlp2x_gelu
+        return self.vision_hidden * self.lm_hidden + self.lm_hidden + self.lm_hidden ** 2 + self.lm_hidden
+
+    def lora_params(self, r: int) -> int:
+        """A (r x in) and B (out x r) for every LM linear layer."""
+        return self.lm_layers * sum(r * (a + b) for a, b in self.lm_linear_shapes())
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vision: str                         # hub name or folder: a CLIP / SigLIP checkpoint
+    lm: str                             # hub name or folder: a causal LM (also its tokenizer unless `tokenizer`)
+    shape: ModelShape
+    tokenizer: str | None = None
+    chat_template: str | None = None    # used only when the tokenizer has none
+    system_prompt: str | None = None
+    projector_type: str = "mlp2x_gelu"
+    max_length: int = 2048              # tokens per example, image tokens included
+    # data: "course" = the generated shapes world; otherwise files under work_dir()
+    data: str = "course"
+    stage1_file: str | None = None
+    instruct_file: str | None = None
+    image_folder: str | None = None
+    stages: dict = field(default_factory=dict)   # "stage1" / "lora" / "qlora" -> TrainConfig fields
+
+    def train_config(self, stage: str, **overrides) -> TrainConfig:
+        """The TrainConfig of ``stage`` ("stage1", "lora", "qlora"), with ``overrides`` applied."""
+        if stage not in self.stages:
+            raise ValueError(f"preset {self.name!r} has no stage {stage!r} (it has {sorted(self.stages)})")
+        return TrainConfig(**{**self.stages[stage], **overrides})
+
+
+def _stages(stage1: dict, lora: dict, qlora: dict | None = None) -> dict:
+    return {"stage1": {"stage": 1, **stage1},
+            "lora": {"stage": 2, **lora},
+            "qlora": {"stage": 2, **lora, **(qlora or {}), "qlora": True}}
+
+
+# tiny: times measured on the 2-core CPU (scripts/bench_train.py); see the module docstring of train.py.
+TINY = Preset(
+    name="tiny",
+    vision=str(DATA_DIR / "backbones" / "vision"),
+    lm=str(DATA_DIR / "backbones" / "lm"),
+    shape=ModelShape(vision_hidden=256, vision_layers=6, vision_intermediate=1024, image_size=64, patch_size=8,
+                     lm_hidden=256, lm_layers=4, lm_intermediate=768, lm_heads=4, lm_kv_heads=4,
+                     vocab_size=672, tied_embeddings=True),
+    max_length=224,   # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
+    stages=_stages(
+        stage1=dict(max_steps=60, batch_size=16, lr=2e-3, precision="fp32"),
+        lora=dict(max_steps=60, batch_size=16, lr=1e-3, projector_lr=2e-4, lora_r=32, lora_alpha=64,
+                  lora_dropout=0.05, precision="fp32"),
+    ),
+)
+
+COLAB = Preset(
+    name="colab",
+    vision="openai/clip-vit-base-patch16",
+    lm="Qwen/Qwen2.5-0.5B-Instruct",
+    shape=ModelShape(vision_hidden=768, vision_layers=12, vision_intermediate=3072, image_size=224, patch_size=16,
+                     lm_hidden=896, lm_layers=24, lm_intermediate=4864, lm_heads=14, lm_kv_heads=2,
+                     vocab_size=151_936, tied_embeddings=True),
+    system_prompt="You are a helpful assistant.",   # Qwen's template would otherwise insert its own
+    max_length=1024,
+    data="coco",
+    stage1_file="instruct/coco_stage1_captions_train.json",   # course_instruct_data-style files for COCO 2017
+    instruct_file="instruct/coco_llava_instruct_train.json",
+    image_folder="coco/train2017",
+    stages=_stages(
+        stage1=dict(max_steps=500, batch_size=64, micro_batch_size=16, lr=1e-3, precision="auto"),
+        lora=dict(max_steps=1000, batch_size=32, micro_batch_size=4, lr=2e-4, projector_lr=2e-5, lora_r=64,
+                  lora_alpha=128, lora_dropout=0.05, gradient_checkpointing=True, precision="auto"),
+    ),
+)
+
+PAPER = Preset(
+    name="paper",
+    vision="openai/clip-vit-large-patch14-336",
+    lm="lmsys/vicuna-7b-v1.5",
+    shape=ModelShape(vision_hidden=1024, vision_layers=24, vision_intermediate=4096, image_size=336, patch_size=14,
+                     lm_hidden=4096, lm_layers=32, lm_intermediate=11008, lm_heads=32, lm_kv_heads=32,
+                     vocab_size=32_000, tied_embeddings=False),
+    chat_template=VICUNA_TEMPLATE,
+    system_prompt=VICUNA_SYSTEM,
+    max_length=2048,
+    data="llava",
+    stage1_file="llava/blip_laion_cc_sbu_558k.json",   # v1.5 stage-1 captions (v1: CC3M-595K chat.json)
+    instruct_file="llava/llava_instruct_150k.json",     # the released LLaVA-Instruct (158K conversations)
+    image_folder="coco/train2017",
+    stages=_stages(
+        # v1.5: stage 1 lr 1e-3, batch 256, 1 epoch of 558K (~2,180 steps); stage 2 LoRA r=128 alpha=256,
+        # lr 2e-4, projector lr 2e-5, batch 128, 1 epoch of 158K (~1,240 steps). Cosine, 3% warmup, no decay.
+        stage1=dict(max_steps=2180, batch_size=256, micro_batch_size=16, lr=1e-3, gradient_checkpointing=True,
+                    precision="auto"),
+        lora=dict(max_steps=1240, batch_size=128, micro_batch_size=16, lr=2e-4, projector_lr=2e-5, lora_r=128,
+                  lora_alpha=256, lora_dropout=0.05, gradient_checkpointing=True, precision="auto"),
+        qlora=dict(micro_batch_size=8),
+    ),
+)
+
+PRESETS = {p.name: p for p in (TINY, COLAB, PAPER)}
+
+
+def get_preset(preset: str | Preset = "tiny", **changes) -> Preset:
+    """A preset by name (or as given), with dataclass fields replaced (``lm="/my/folder"``)."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    return replace(preset, **changes) if changes else preset
+
+
+# ============================================================================ loading
+
+
+def load_processors(preset: str | Preset = "tiny"):
+    """(tokenizer, image_processor) for a preset: the tokenizer gets a chat template (if it has none),
+    a pad token (if it has none) and a single ``<image>`` token (hub tokenizers lack it; the model
+    never embeds its id, so the LM needs no new embedding row)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from .conversation import add_image_token
+
+    preset = get_preset(preset)
+    tokenizer = AutoTokenizer.from_pretrained(preset.tokenizer or preset.lm)
+    if not getattr(tokenizer, "chat_template", None):
+        if preset.chat_template is None:
+            raise ValueError(f"the tokenizer of {preset.lm!r} has no chat template and preset {preset.name!r} gives none")
+        tokenizer.chat_template = preset.chat_template
+    if tokenizer.pad_token is None:  # Llama / Vicuna: LLaVA pads with unk
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    add_image_token(tokenizer)
+    image_processor = AutoImageProcessor.from_pretrained(preset.vision)
+    return tokenizer, image_processor
+
+
+def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: str = "auto",
+              device: str | torch.device | None = None):
+    """A LlavaMini of the preset's two towers with a fresh fp32 projector.
+
+    Frozen weights in the training precision (fp32 on the CPU, bf16 / fp16 on a GPU); with ``qlora``
+    the LM's linear layers in 4-bit NF4 with double quantization (vision tower and projector are not
+    quantized). On a GPU the model is loaded straight onto it (4-bit weights are quantized there).
+    """
+    from .conversation import image_token_id
+    from .model import build
+
+    preset = get_preset(preset)
+    precision = resolve_precision(precision)
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    return build(
+        preset.vision, preset.lm,
+        projector_type=preset.projector_type,
+        image_token_id=image_token_id(tokenizer),
+        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
+        quantization_config=qlora_quantization_config(precision) if qlora else None,
+        projector_dtype=torch.float32,
+        device=device,
+    )
+
+
+def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
+    """{"stage1": caption records, "instruct": instruction records, "images": their image folder}."""
+    preset = get_preset(preset)
+    if preset.data == "course":
+        from .instruct import course_instruct_data
+
+        paths = course_instruct_data(progress=False)
+        return {"stage1": paths["stage1"], "instruct": paths["instruct"], "images": paths["images"]}
+    root = work_dir()
+    paths = {"stage1": root / preset.stage1_file, "instruct": root / preset.instruct_file,
+             "images": root / preset.image_folder}
+    missing = [f"{k}: {v}" for k, v in paths.items() if not v.exists()]
+    if missing:
+        raise FileNotFoundError(f"preset {preset.name!r} needs its data under {root}; missing " + "; ".join(missing))
+    return paths
+
+
+# ============================================================================ memory
+
+
+@dataclass
+class MemoryEstimate:
+    """Rows of (part, GiB, how it was counted); ``total`` in GiB. Printing it gives a table."""
+
+    title: str
+    rows: list[tuple[str, float, str]]
+
+    @property
+    def total(self) -> float:
+        return sum(gib for _, gib, _ in self.rows)
+
+    def __str__(self) -> str:
+        width = max(len(part) for part, _, _ in self.rows)
+        lines = [self.title, f"{'part':<{width}}  {'GiB':>8}  how", "-" * (width + 40)]
+        lines += [f"{part:<{width}}  {gib:8.3f}  {how}" for part, gib, how in self.rows]
+        lines += ["-" * (width + 40), f"{'total':<{width}}  {self.total:8.3f}  (+ CUDA context, ~0.5 GiB on a GPU)"]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def estimate_memory(
+    preset: str | Preset = "tiny",
+    mode: str = "qlora",
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    lora_r: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    precision: str | None = None,
+) -> MemoryEstimate:
+    """Peak training memory, roughly, from the preset's shapes (nothing is loaded).
+
+    mode: "stage1" (projector only), "lora" (LM in ``precision``) or "qlora" (LM linears in 4-bit).
+    batch_size: examples per forward pass (the micro-batch); seq_len: tokens per example (default: the
+    image tokens + 128 text tokens, capped at ``max_length``). precision: of frozen weights and
+    activations (default: the preset's; "auto" counts as bf16). Other defaults come from the preset's
+    TrainConfig of that mode. Calibrated against the H100 anchors in design.md (Llama-2-7B shape, QLoRA
+    batch 4 with checkpointing: measured 11.0 GiB) to about 10%.
+    """
+    preset = get_preset(preset)
+    s = preset.shape
+    cfg = preset.train_config(mode)
+    batch = batch_size or cfg.micro_batch()
+    seq = seq_len or min(preset.max_length, s.num_image_tokens + 128)
+    r = lora_r or cfg.lora_r
+    checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    precision = precision or cfg.precision
+    if precision == "auto":  # a GPU preset: bf16 (A100/H100) or fp16 (T4), two bytes either way
+        precision = "bf16"
+    half = 4 if precision == "fp32" else 2           # bytes per value of frozen weights and activations
+    h, i, layers = s.lm_hidden, s.lm_intermediate, s.lm_layers
+
+    rows = [("vision tower (frozen)", s.vision_params() * half, f"{s.vision_params() / 1e6:.1f}M x {half} B")]
+    if mode == "qlora":
+        # NF4: 4 bits per weight + one fp32 scale per 64 weights; double quantization stores the scales in
+        # 8 bits (+ one fp32 per 256 scales): 4 + 8/64 + 32/(64*256) = 4.127 bits per weight.
+        bits = 4 + 8 / 64 + 32 / (64 * 256)
+        rows.append(("LM linear layers (NF4)", s.lm_linear_params() * bits / 8,
+                     f"{s.lm_linear_params() / 1e6:.0f}M x {bits:.3f} bit"))
+        # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, head, norms) to fp32.
+        rows.append(("LM embeddings/head/norms", s.lm_other_params() * 4, f"{s.lm_other_params() / 1e6:.1f}M x 4 B (fp32)"))
+    else:
+        rows.append(("LM linear layers (frozen)", s.lm_linear_params() * half,
+                     f"{s.lm_linear_params() / 1e6:.0f}M x {half} B"))
+        rows.append(("LM embeddings/head/norms", s.lm_other_params() * half, f"{s.lm_other_params() / 1e6:.1f}M x {half} B"))
+
+    # Trainable fp32 tensors: weight 4 B + gradient 4 B + AdamW's two moments 8 B = 16 B per parameter.
+    rows.append(("projector + grad + AdamW", s.projector_params() * 16, f"{s.projector_params() / 1e6:.2f}M x 16 B"))
+    if mode != "stage1":
+        rows.append((f"LoRA r={r} + grad + AdamW", s.lora_params(r) * 16, f"{s.lora_params(r) / 1e6:.1f}M x 16 B"))
+
+    # Activations kept for backward, per decoder layer and token, in values (x bytes). With LoRA every
+    # linear's input is saved (plus LoRA's dropout copies), attention keeps q, k, v, out, the MLP its
+    # gate/up/act outputs: ~18h + 5i (fitted to the anchors). Stage 1 saves no inputs of frozen linears:
+    # ~8h + 3i. Checkpointing keeps only each layer's input (h) and recomputes one layer at a time.
+    per_token = (8 * h + 3 * i) if mode == "stage1" else (18 * h + 5 * i)
+    tokens = batch * seq
+    if checkpointing:
+        activations = tokens * (layers * h + per_token) * half
+        how = f"{batch}x{seq} tokens x ({layers} layers x h + one layer) x {half} B (checkpointing)"
+    else:
+        activations = tokens * layers * per_token * half
+        how = f"{batch}x{seq} tokens x {layers} layers x (~{per_token // h}h) x {half} B"
+    rows.append(("LM activations", activations, how))
+    # The LM head runs only on answer tokens (labelled_only): logits + their gradient in fp32.
+    answer_tokens = batch * max(1, (seq - s.num_image_tokens) // 2)
+    rows.append(("logits at answer tokens", answer_tokens * s.vocab_size * 8,
+                 f"~{answer_tokens} answer tokens x {s.vocab_size} vocab x 8 B"))
+    # The frozen vision tower runs without saving anything; its largest transient is about one layer.
+    vision_tokens = batch * (s.num_image_tokens + 1)
+    rows.append(("vision forward (transient)", vision_tokens * (4 * s.vision_hidden + s.vision_intermediate) * half,
+                 f"{vision_tokens} tokens x one layer"))
+
+    title = (f"estimated peak training memory: preset {preset.name!r}, {mode}, micro-batch {batch} x {seq} tokens, "
+             f"{'checkpointing' if checkpointing else 'no checkpointing'}, {precision}")
+    return MemoryEstimate(title, [(part, size / GIB, how) for part, size, how in rows])

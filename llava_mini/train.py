@@ -1,0 +1,765 @@
+"""Stage 1 (feature alignment) and stage 2 (instruction tuning, LoRA / QLoRA) of LLaVA, in one loop.
+
+    stage 1: vision tower frozen, LM frozen, projector trained            (paper lr 2e-3, v1.5 1e-3)
+    stage 2: vision tower frozen, LoRA adapters on every linear layer of the LM (not lm_head),
+             projector trained with its own learning rate                  (v1.5: 2e-4 / 2e-5)
+             QLoRA: the same, with the LM's linear weights stored in 4-bit NF4 (double quantization);
+             the projector stays fp32 and unquantized.
+
+Both stages: AdamW without weight decay, cosine schedule with 3% warmup, gradient clipping at 1.0.
+
+The loop is plain PyTorch driven by ``accelerate.Accelerator``: mixed precision, gradient all-reduce
+across processes and device placement come from it, so the same ``train()`` runs in a notebook, under
+``accelerate launch`` and under ``torchrun --nproc_per_node N``. What we do ourselves, and why:
+
+* One optimizer step sees ``batch_size`` examples in total (all processes x all accumulation micro-
+  batches). The loss is the mean over *all answer tokens of that global batch*: each micro-batch's
+  summed cross-entropy is divided by the global token count (``num_items_in_batch``). A mean per
+  micro-batch would weight a short answer more in a small micro-batch than in a large one, so 1 process
+  x 4 examples and 2 processes x 2 examples would train different models. With the global count they
+  give the same gradients (a test checks it).
+* Batches come from a stateless sampler: micro-step k of the run reads a fixed slice of a seeded
+  permutation. Resuming at step k needs no sampler state, only the step number. Together with the
+  saved optimizer, scheduler and RNG states, a resumed run repeats an uninterrupted one exactly.
+
+Checkpoints (``output_dir/step-000100/`` every ``save_every`` steps, ``output_dir/final/`` at the end)::
+
+    run.json                 what to rebuild: stage, base model names, projector type, LoRA / QLoRA settings
+    projector.safetensors    the projector (LlavaMini layout)
+    adapter/                 peft LoRA adapters of the LM (stage 2); load with PeftModel.from_pretrained
+    history.json             the loss history so far
+    training_state/          (step checkpoints) trainable weights, optimizer, scheduler, RNG per process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler
+
+from .model import CONFIG_NAME, IGNORE_INDEX, PROJECTOR_WEIGHTS, LlavaMini, build
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STAGES = ("stage1", "lora", "qlora")  # the course's three checkpoints
+
+
+# ============================================================================ configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs besides the model and the data.
+
+    batch_size is the *global* batch of one optimizer step (what the paper quotes: 128 / 256 / 32).
+    Each process runs micro-batches of ``micro_batch_size`` and accumulates gradients over
+    ``batch_size / (micro_batch_size x processes)`` of them.
+    """
+
+    stage: int = 1                        # 1: projector only; 2: LoRA adapters + projector
+    output_dir: str = "checkpoints/run"
+    max_steps: int = 100                  # optimizer steps
+    batch_size: int = 16                  # examples per optimizer step, all processes together
+    micro_batch_size: int | None = None   # examples per forward pass per process (None: no accumulation)
+    lr: float = 1e-3                      # stage 1: projector; stage 2: LoRA adapters
+    projector_lr: float | None = None     # stage 2: the projector's own learning rate (None: lr)
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0             # LLaVA uses none
+    max_grad_norm: float | None = 1.0
+    # LoRA (stage 2): adapters on every linear layer of the LM unless lora_targets says otherwise
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str | list[str] = "all-linear"   # peft's "all-linear" skips the output layer (lm_head)
+    qlora: bool = False                   # the LM was loaded in 4-bit (see qlora_quantization_config)
+    gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
+    precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
+    group_by_length: bool = True          # batch examples of similar length together (less padding)
+    save_every: int | None = None         # step checkpoints (with optimizer state) every N steps
+    keep_checkpoints: int | None = 2      # keep only the newest N step checkpoints (None: all)
+    seed: int = 0
+    num_workers: int = 0                  # DataLoader workers
+    progress: bool = True                 # tqdm bar
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.qlora and self.stage != 2:
+            raise ValueError("qlora applies to stage 2 (stage 1 trains only the projector)")
+
+    def accumulation_steps(self, num_processes: int = 1) -> int:
+        """Micro-batches per optimizer step on each process."""
+        micro = self.micro_batch_size or max(1, self.batch_size // num_processes)
+        if self.batch_size % (micro * num_processes):
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {micro} x {num_processes} processes"
+            )
+        return self.batch_size // (micro * num_processes)
+
+    def micro_batch(self, num_processes: int = 1) -> int:
+        return self.batch_size // (self.accumulation_steps(num_processes) * num_processes)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]       # one row per optimizer step: step, loss, lr, seconds, ...
+    checkpoint_dir: Path      # the final checkpoint (projector + adapters)
+
+
+# ============================================================================ precision
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """"auto" -> what the hardware does well: bf16 on GPUs that support it, fp16 on those that do not
+    (a T4 has no bf16), fp32 on the CPU (bf16 autocast works there too, but fp32 is exact and the
+    default; ask for "bf16" to trade accuracy for ~1.3x speed)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """Dtype of frozen weights and of 4-bit matmuls for a precision."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
+
+
+def qlora_quantization_config(precision: str = "auto"):
+    """The QLoRA recipe: NF4 weights, double quantization (the quantization constants are quantized
+    too, ~0.4 bit/parameter saved), matmuls in the training precision. Pass it to ``build``;
+    only the LM is quantized (vision tower and projector are not)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(precision),
+    )
+
+
+# ============================================================================ what is trained
+
+
+def _base_lm(model: LlavaMini):
+    """The transformers LM under a possible peft wrapper."""
+    lm = model.language_model
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def is_quantized(model: LlavaMini) -> bool:
+    return bool(getattr(_base_lm(model), "is_loaded_in_4bit", False))
+
+
+def has_lora(model: LlavaMini) -> bool:
+    return hasattr(model.language_model, "peft_config")
+
+
+def freeze_for_stage1(model: LlavaMini) -> LlavaMini:
+    """Stage 1: only the projector learns; the vision tower and the LM are frozen."""
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    return model
+
+
+def add_lora(model: LlavaMini, cfg: TrainConfig) -> LlavaMini:
+    """Stage 2: LoRA adapters on the LM's linear layers, projector trainable, everything else frozen.
+
+    The peft wrapper goes around ``model.language_model`` only, so the vision tower and the projector
+    can never receive adapters, and ``model.language_model.save_pretrained`` writes just the adapters.
+    With a 4-bit LM (QLoRA), ``prepare_model_for_kbit_training`` runs on the LM alone first: it upcasts
+    the LM's remaining small fp16/bf16 weights (norms, embeddings) to fp32 for stable training and
+    freezes the base weights; run on the whole model it would also touch the vision tower.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if has_lora(model):
+        raise ValueError("the model already has LoRA adapters")
+    model.requires_grad_(False)
+    if is_quantized(model):
+        # Checkpointing is switched on by train() for every mode alike (non-reentrant, see LlavaMini).
+        model.language_model = prepare_model_for_kbit_training(model.language_model, use_gradient_checkpointing=False)
+    lora_config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(model.language_model, lora_config)
+    model.projector.requires_grad_(True)
+    return model
+
+
+def merge_lora(model: LlavaMini) -> LlavaMini:
+    """Fold the adapters into the LM's weights and drop peft: a plain LlavaMini that
+    ``export_to_transformers`` can write. A 4-bit LM cannot be merged exactly: load the checkpoint
+    unquantized (``load_checkpoint(dir, qlora=False)``) and merge that."""
+    if not has_lora(model):
+        return model
+    if is_quantized(model):
+        raise ValueError(
+            "cannot merge adapters into a 4-bit LM exactly: load the checkpoint with load_checkpoint(dir, qlora=False) "
+            "(the same adapters on the unquantized LM), then merge"
+        )
+    model.language_model = model.language_model.merge_and_unload()
+    return model
+
+
+def trainable_parameters(model: LlavaMini) -> dict[str, int]:
+    """Counts: {"projector": ..., "lora": ..., "other": ..., "frozen": ...}."""
+    counts = {"projector": 0, "lora": 0, "other": 0, "frozen": 0}
+    for name, param in model.named_parameters():
+        n = param.numel()
+        if not param.requires_grad:
+            counts["frozen"] += n
+        elif name.startswith("projector."):
+            counts["projector"] += n
+        elif "lora_" in name:
+            counts["lora"] += n
+        else:
+            counts["other"] += n
+    return counts
+
+
+def _param_groups(model: LlavaMini, cfg: TrainConfig) -> list[dict]:
+    projector = [p for p in model.projector.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projector.")]
+    if not projector and not rest:
+        raise ValueError("nothing to train: call freeze_for_stage1(model) or add_lora(model, cfg) first")
+    if cfg.stage == 1 and rest:
+        raise ValueError(f"stage 1 trains the projector only, but {len(rest)} other tensors require grad: "
+                         "call freeze_for_stage1(model)")
+    if cfg.stage == 2 and not has_lora(model):
+        raise ValueError("stage 2 expects LoRA adapters: call add_lora(model, cfg) first")
+    groups = []
+    if rest:
+        groups.append({"params": rest, "lr": cfg.lr, "name": "lora"})
+    if projector:
+        projector_lr = cfg.projector_lr if (cfg.stage == 2 and cfg.projector_lr is not None) else cfg.lr
+        groups.append({"params": projector, "lr": projector_lr, "name": "projector"})
+    return groups
+
+
+# ============================================================================ data order
+
+
+class StepSampler(Sampler):
+    """Micro-batches of indices for one process, as a pure function of the micro-step number.
+
+    Epoch e is a permutation of the dataset seeded with (seed, e). Global micro-batch k is the k-th
+    slice of ``global_micro`` indices of that stream (an incomplete last slice of an epoch is dropped);
+    process r takes its part ``[r * micro, (r + 1) * micro)`` of it. Starting at any k needs no
+    state, which makes resuming exact, and every process count sees the same global batches.
+
+    With ``lengths``, each run of ``group`` global micro-batches is sorted by length before it is cut
+    (and the cut batches are shuffled again), so a batch holds examples of similar length and little
+    padding: the same examples, ~20% fewer padded tokens on the course data (HF's group_by_length).
+    """
+
+    def __init__(self, dataset_size: int, micro: int, num_processes: int, process_index: int,
+                 seed: int, start: int, stop: int, lengths: list[int] | None = None, group: int = 16):
+        self.global_micro = micro * num_processes
+        if dataset_size < self.global_micro:
+            raise ValueError(f"the dataset has {dataset_size} examples, fewer than one batch ({self.global_micro})")
+        self.dataset_size, self.micro, self.rank = dataset_size, micro, process_index
+        self.seed, self.start, self.stop = seed, start, stop
+        self.per_epoch = dataset_size // self.global_micro
+        self.lengths = None if lengths is None else torch.as_tensor(lengths)
+        self.group = group
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The epoch's indices, one global micro-batch after another (a row per batch)."""
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.dataset_size, generator=generator)[: self.per_epoch * self.global_micro]
+            batches = order.view(self.per_epoch, self.global_micro)
+            if self.lengths is not None:
+                rows = []
+                for chunk in order.split(self.group * self.global_micro):
+                    by_length = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+                    rows.append(by_length.view(-1, self.global_micro))
+                batches = torch.cat(rows)
+                batches = batches[torch.randperm(len(batches), generator=generator)]
+            self._orders = {epoch: batches}
+        return self._orders[epoch]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        for k in range(self.start, self.stop):
+            epoch, position = divmod(k, self.per_epoch)
+            first = self.rank * self.micro
+            yield self._order(epoch)[position, first: first + self.micro].tolist()
+
+
+def count_labels(labels: torch.Tensor) -> int:
+    """Answer tokens that carry a loss: shifted labels that are not -100."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+# ============================================================================ checkpoints
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _run_info(model: LlavaMini, cfg: TrainConfig) -> dict:
+    lm = _base_lm(model)
+    return {
+        "stage": cfg.stage,
+        "vision": str(model.vision_tower.config._name_or_path),
+        "lm": str(lm.config._name_or_path),
+        "qlora": is_quantized(model),
+        "llava_mini": model.config.to_dict(),
+        "train_config": asdict(cfg),
+    }
+
+
+def save_checkpoint(model: LlavaMini, directory: Path, cfg: TrainConfig, history: list[dict],
+                    training_state: dict | None = None) -> Path:
+    """Write the model parts that training changed (projector, adapters) + run.json + history.json;
+    with ``training_state`` (step, optimizer, scheduler) also what resuming needs."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")  # write aside, then rename: no half checkpoints
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()},
+              tmp / PROJECTOR_WEIGHTS)
+    (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
+    if has_lora(model):
+        model.language_model.save_pretrained(tmp / "adapter")
+    (tmp / "run.json").write_text(json.dumps(_run_info(model, cfg), indent=2))
+    (tmp / "history.json").write_text(json.dumps(history))
+    if training_state is not None:
+        state_dir = tmp / "training_state"
+        state_dir.mkdir()
+        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, state_dir / "trainable.safetensors")
+        torch.save(training_state["optimizer"], state_dir / "optimizer.pt")
+        torch.save(training_state["scheduler"], state_dir / "scheduler.pt")
+        torch.save(_rng_state(), state_dir / "rng_state_0.pt")
+        (state_dir / "step.json").write_text(json.dumps({"step": training_state["step"]}))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path,
+    vision: str | Path | None = None,
+    lm: str | Path | None = None,
+    qlora: bool | None = None,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+    trainable: bool = False,
+    attn_implementation: str | None = None,
+) -> LlavaMini:
+    """Rebuild a trained LlavaMini from a checkpoint folder (stage 1 or 2).
+
+    The base towers come from the names recorded in run.json (override with ``vision`` / ``lm``, e.g.
+    when the checkpoint moved machines); ``qlora`` overrides whether the LM is loaded in 4-bit (load a
+    QLoRA checkpoint with ``qlora=False`` to merge its adapters exactly). ``trainable``: adapters
+    trainable (to continue training) instead of frozen for inference.
+    """
+    from peft import PeftModel
+
+    directory = Path(directory)
+    run = json.loads((directory / "run.json").read_text())
+    config = run["llava_mini"]
+    qlora = run["qlora"] if qlora is None else qlora
+    precision = resolve_precision(precision)
+    model = build(
+        vision or run["vision"], lm or run["lm"],
+        projector_type=config["projector_type"], image_token_id=config["image_token_id"],
+        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
+        quantization_config=qlora_quantization_config(precision) if qlora else None,
+        vision_feature_layer=config["vision_feature_layer"], projector_dtype=torch.float32,
+        attn_implementation=attn_implementation, device=device,
+    )
+    model.projector.load_state_dict(load_file(directory / PROJECTOR_WEIGHTS, device=str(model.device)))
+    model.requires_grad_(False)
+    if (directory / "adapter").exists():
+        model.language_model = PeftModel.from_pretrained(model.language_model, directory / "adapter",
+                                                         is_trainable=trainable)
+        model.projector.requires_grad_(trainable)
+    return model.eval()
+
+
+load_stage2 = load_checkpoint  # the name the notebooks use for LoRA / QLoRA checkpoints
+
+
+def _step_dirs(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest resumable step checkpoint under output_dir, or None."""
+    dirs = [p for p in _step_dirs(Path(output_dir)) if (p / "training_state").exists()]
+    return dirs[-1] if dirs else None
+
+
+# ============================================================================ the loop
+
+
+def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: str | Path | None = None,
+          accelerator=None) -> TrainResult:
+    """Train ``model`` (prepared with ``freeze_for_stage1`` or ``add_lora``) for ``cfg.max_steps``
+    optimizer steps on ``dataset`` (items as ``LlavaInstructDataset`` gives them) batched by ``collator``.
+
+    Works unchanged in one process or several (``torchrun`` / ``accelerate launch``): the global batch
+    ``cfg.batch_size`` is split across processes. ``resume_from``: a step checkpoint folder (or
+    ``"latest"`` for the newest under ``cfg.output_dir``); training continues exactly where it stopped.
+
+    Returns TrainResult(history, checkpoint_dir) with history rows
+    ``{"step", "loss", "lr", "projector_lr", "grad_norm", "tokens", "seconds"}``.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    precision = resolve_precision(cfg.precision)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = cfg.accumulation_steps(world)
+    micro = cfg.micro_batch(world)
+    output_dir = Path(cfg.output_dir)
+
+    torch.manual_seed(cfg.seed + rank)  # dropout differs across processes; data order does not (sampler)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+
+    groups = _param_groups(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    # Frozen parts in eval mode (no dropout in the frozen tower); the LM keeps train mode for LoRA dropout.
+    model.train()
+    model.vision_tower.eval()
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    warmup = math.ceil(cfg.warmup_ratio * cfg.max_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.max_steps)
+
+    start_step, history, resume_dir = 0, [], None
+    if resume_from is not None:
+        resume_dir = latest_checkpoint(output_dir) if str(resume_from) == "latest" else Path(resume_from)
+        if resume_dir is None:
+            raise FileNotFoundError(f"no resumable checkpoint under {output_dir}")
+        start_step, history = _load_training_state(model, optimizer, scheduler, Path(resume_dir))
+
+    # The scheduler is not given to accelerate: without split_batches it would step once per process.
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    trainable = [p for group in groups for p in group["params"]]
+
+    lengths = dataset.lengths() if cfg.group_by_length and hasattr(dataset, "lengths") else None
+    sampler = StepSampler(len(dataset), micro, world, rank, cfg.seed, start_step * accumulation,
+                          cfg.max_steps * accumulation, lengths=lengths)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=cfg.num_workers)
+    batches = iter(loader)  # (draws a base seed from the global RNG: restore the RNG only after this)
+    if resume_dir is not None:
+        rng_file = Path(resume_dir) / "training_state" / f"rng_state_{rank}.pt"
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"stage {cfg.stage}",
+               disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        started = time.perf_counter()
+        micro_batches = [_to_device(next(batches), accelerator.device) for _ in range(accumulation)]
+        local_items = sum(count_labels(b["labels"]) for b in micro_batches)
+        global_items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(micro_batches):
+            batch.pop("id", None)
+            last = i == accumulation - 1
+            with (accelerator.no_sync(wrapped) if not last else _nullcontext()):
+                loss = wrapped(**batch, num_items_in_batch=global_items).loss  # sum over tokens / global count
+                # DDP averages gradients over processes; our loss is already a share of the global mean.
+                accelerator.backward(loss * world)
+            step_loss += loss.detach().float()
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
+        optimizer.step()
+        if not getattr(optimizer, "step_was_skipped", False):  # fp16: the scaler may skip an overflow step
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        row = {
+            "step": step,
+            "loss": float(accelerator.reduce(step_loss, "sum")),
+            "lr": optimizer.param_groups[0]["lr"],
+            "projector_lr": next(g["lr"] for g in optimizer.param_groups if g["name"] == "projector")
+            if any(g["name"] == "projector" for g in optimizer.param_groups) else None,
+            "grad_norm": grad_norm,
+            "tokens": int(global_items),
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            _save_step(accelerator, model, cfg, history, optimizer, scheduler, step)
+    bar.close()
+
+    final = output_dir / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(model, final, cfg, history)
+    accelerator.wait_for_everyone()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return TrainResult(history=history, checkpoint_dir=final)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _save_step(accelerator, model, cfg, history, optimizer, scheduler, step) -> None:
+    output_dir = Path(cfg.output_dir)
+    directory = output_dir / f"step-{step:06d}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        optimizer_state = optimizer.state_dict()
+        save_checkpoint(model, directory, cfg, history,
+                        {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step})
+        if cfg.keep_checkpoints:
+            for old in _step_dirs(output_dir)[:-cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if accelerator.process_index > 0:  # every process keeps its own RNG stream (dropout)
+        torch.save(_rng_state(), directory / "training_state" / f"rng_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+
+
+def _load_training_state(model, optimizer, scheduler, directory: Path) -> tuple[int, list[dict]]:
+    state_dir = directory / "training_state"
+    if not state_dir.exists():
+        raise FileNotFoundError(f"{directory} has no training_state/: only step checkpoints can be resumed")
+    saved = load_file(state_dir / "trainable.safetensors")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        missing, extra = sorted(set(params) - set(saved))[:3], sorted(set(saved) - set(params))[:3]
+        raise ValueError(f"{directory}: trainable parameters differ from the model's (missing {missing}, extra {extra}); "
+                         "prepare the model the same way (freeze_for_stage1 / add_lora with the same settings)")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+    step = json.loads((state_dir / "step.json").read_text())["step"]
+    history = json.loads((directory / "history.json").read_text())
+    return step, history[:step]
+
+
+# ============================================================================ figures
+
+
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str | None = None, ax=None):
+    """Training loss per step (raw and smoothed) with the learning rate on a second axis; saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in history]
+    losses = [row["loss"] for row in history]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, lw=1, label="loss")
+    window = max(1, len(losses) // 10)
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="tab:blue", lw=2, label=f"mean of {window}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title(title or "training loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [row["lr"] for row in history], color="tab:gray", lw=1, ls="--")
+    lr_ax.set_ylabel("learning rate", color="tab:gray")
+    lr_ax.tick_params(axis="y", colors="tab:gray")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+# ============================================================================ the course's checkpoints
+
+
+def _subsample(records: list[dict], n: int, seed: int) -> list[dict]:
+    """n records in a seeded random order (tokenizing all 32K course records would take ~20 s)."""
+    order = np.random.default_rng(seed).permutation(len(records))[:n]
+    return [records[i] for i in order]
+
+
+def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = False, progress: bool = True,
+                 **overrides):
+    """The course's trained model for ``stage`` ("stage1", "lora" or "qlora"), trained once, then reused.
+
+    Loads ``work_dir()/"checkpoints"/<stage>/final`` when it is there (and ``retrain`` is False);
+    otherwise trains it: stage 1 from the preset's backbones, stage 2 from the stage-1 projector (which
+    is itself loaded or trained first). ``overrides`` change the preset's TrainConfig for this stage
+    (max_steps=..., batch_size=...): a changed config retrains instead of loading a stale checkpoint.
+
+    Returns (model, tokenizer, image_processor), the model in eval mode.
+    """
+    from .conversation import LlavaCollator, LlavaInstructDataset, load_records
+    from .paths import work_dir
+    from .presets import get_preset, load_base, load_processors, training_data
+
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    spec = get_preset(preset)
+    cfg = spec.train_config(stage, **overrides)
+    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
+    cfg.output_dir = str(work_dir() / "checkpoints" / name)
+    cfg.progress = progress
+    final = Path(cfg.output_dir) / "final"
+    tokenizer, image_processor = load_processors(spec)
+
+    if final.exists() and not retrain and _same_config(final, cfg):
+        model = load_checkpoint(final, vision=spec.vision, lm=spec.lm, precision=cfg.precision)
+        return model, tokenizer, image_processor
+
+    data = training_data(spec)
+    torch.manual_seed(cfg.seed)
+    if stage == "stage1":
+        model = load_base(spec, tokenizer, precision=cfg.precision)
+        freeze_for_stage1(model)
+        records_file = data["stage1"]
+    else:
+        stage1_model, _, _ = course_model("stage1", preset, progress=progress)
+        model = load_base(spec, tokenizer, qlora=stage == "qlora", precision=cfg.precision)
+        model.projector.load_state_dict(stage1_model.projector.state_dict())
+        del stage1_model
+        add_lora(model, cfg)
+        records_file = data["instruct"]
+    records = _subsample(load_records(records_file), int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size,
+                         cfg.seed)
+    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
+                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
+    collator = LlavaCollator(tokenizer.pad_token_id)
+    train(model, dataset, collator, cfg)
+    return model.eval(), tokenizer, image_processor
+
+
+def _same_config(checkpoint: Path, cfg: TrainConfig) -> bool:
+    """Was this checkpoint trained with cfg (ignoring where it was written and whether a bar was shown)?"""
+    try:
+        saved = json.loads((checkpoint / "run.json").read_text())["train_config"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return False
+    ignore = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
+    current = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ignore}
+    return all(saved.get(k) == v for k, v in current.items())
+
+
+# ============================================================================ command line
+
+
+def main(argv=None) -> None:
+    """``python -m llava_mini.train --preset tiny --stage 1|2 [--qlora]`` (also under torchrun / accelerate launch)."""
+    from .conversation import LlavaCollator, LlavaInstructDataset, load_records
+    from .presets import estimate_memory, get_preset, load_base, load_processors, training_data
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--qlora", action="store_true", help="stage 2: LM in 4-bit NF4 (QLoRA)")
+    parser.add_argument("--projector-from", help="stage 2: a stage-1 checkpoint folder (its projector)")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--resume", help="a step checkpoint folder, or 'latest'")
+    parser.add_argument("--max-records", type=int, help="use only this many training records")
+    for f in fields(TrainConfig):  # every TrainConfig field can be overridden: --max-steps 50 --lr 2e-4 ...
+        if f.name in ("stage", "qlora", "output_dir"):
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), type=_parse_value, dest=f.name, default=None,
+                            help=f"TrainConfig.{f.name} (preset's value by default)")
+    args = parser.parse_args(argv)
+
+    spec = get_preset(args.preset)
+    stage = "stage1" if args.stage == 1 else ("qlora" if args.qlora else "lora")
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    cfg = spec.train_config(stage, **overrides)
+    cfg.output_dir = args.output_dir or str(Path("checkpoints") / f"{spec.name}-{stage}")
+    print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), gradient_checkpointing=cfg.gradient_checkpointing))
+
+    tokenizer, image_processor = load_processors(spec)
+    model = load_base(spec, tokenizer, qlora=cfg.qlora, precision=cfg.precision)
+    if cfg.stage == 1:
+        freeze_for_stage1(model)
+    else:
+        if args.projector_from:
+            model.projector.load_state_dict(load_file(Path(args.projector_from) / PROJECTOR_WEIGHTS))
+        add_lora(model, cfg)
+    print({k: f"{v:,}" for k, v in trainable_parameters(model).items()})
+    data = training_data(spec)
+    records = load_records(data["stage1" if cfg.stage == 1 else "instruct"])
+    if args.max_records:
+        records = _subsample(records, args.max_records, cfg.seed)
+    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
+                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
+    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=args.resume)
+    plot_loss(result.history, Path(cfg.output_dir) / "loss.png", title=f"{spec.name} {stage}")
+    print(f"final loss {result.history[-1]['loss']:.4f}; checkpoint: {result.checkpoint_dir}")
+
+
+def _parse_value(text: str):
+    """CLI values: ints, floats, booleans, None, else the string (e.g. lora targets)."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Tests for llava_mini.train: what is frozen, where LoRA goes, QLoRA layers, exact resume, 2 processes.
+
+Tiny random towers are written with save_pretrained into a tmp folder (the hub path, offline), with a
+few random images and records; every training run is a handful of steps.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from llava_mini.conversation import LlavaCollator, LlavaInstructDataset
+from llava_mini.model import build
+from llava_mini.train import (
+    StepSampler,
+    TrainConfig,
+    add_lora,
+    freeze_for_stage1,
+    load_checkpoint,
+    merge_lora,
+    plot_loss,
+    qlora_quantization_config,
+    resolve_precision,
+    train,
+    trainable_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE, PATCH = 32, 8
+VICUNA = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
+    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+COLOURS = ["red", "blue", "green", "yellow"]
+SHAPES = ["circle", "square", "triangle"]
+LM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def make_tokenizer(chat_template=VICUNA) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [f"USER: What colour is the {s}? ASSISTANT: The {s} is {c}." for s in SHAPES for c in COLOURS] * 3
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", extra_special_tokens=["<image>"])
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def write_towers(root: Path, tokenizer, lm_hidden=32) -> tuple[Path, Path]:
+    """A tiny CLIP vision tower and a tiny Llama, saved as hub folders would hold them."""
+    torch.manual_seed(0)
+    vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
+                                              intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
+    vision.save_pretrained(root / "vision")
+    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "vision")
+    torch.manual_seed(1)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=lm_hidden, intermediate_size=2 * lm_hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    lm.save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    return root / "vision", root / "lm"
+
+
+def write_records(root: Path, n: int = 24, seed: int = 0) -> tuple[Path, Path]:
+    """n random images and LLaVA records about them (one or two QA pairs of varying length)."""
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        pixels = (rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.png")
+        shape, colour = SHAPES[i % 3], COLOURS[i % 4]
+        turns = [{"from": "human", "value": f"<image>\nWhat colour is the {shape}?"},
+                 {"from": "gpt", "value": f"The {shape} is {colour}."}]
+        if i % 2:
+            turns += [{"from": "human", "value": "And the shape?"}, {"from": "gpt", "value": f"It is a {shape}."}]
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
+    path = root / "records.json"
+    path.write_text(json.dumps(records))
+    return path, images
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tokenizer = make_tokenizer()
+    vision, lm = write_towers(root, tokenizer)
+    _, lm64 = write_towers(root / "wide", tokenizer, lm_hidden=64)  # bitsandbytes' CPU 4-bit needs >= 64 wide
+    records, images = write_records(root)
+    processor = CLIPImageProcessor.from_pretrained(vision)
+    dataset = LlavaInstructDataset(records, images, tokenizer, processor, (IMAGE_SIZE // PATCH) ** 2)
+    return {"root": root, "tokenizer": tokenizer, "vision": vision, "lm": lm, "lm64": lm64, "dataset": dataset,
+            "collator": LlavaCollator(tokenizer.pad_token_id), "records": records, "images": images}
+
+
+def make_model(setup, lm=None, seed=0, **build_kwargs):
+    torch.manual_seed(seed)
+    return build(setup["vision"], lm or setup["lm"], image_token_id=setup["tokenizer"].convert_tokens_to_ids("<image>"),
+                 **build_kwargs)
+
+
+def config(tmp_path, **changes) -> TrainConfig:
+    settings = dict(output_dir=str(tmp_path / "run"), max_steps=3, batch_size=4, lr=1e-2, progress=False,
+                    lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    return TrainConfig(**{**settings, **changes})
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def changed(before, module) -> set[str]:
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+# ----------------------------------------------------------------------------- what is trained
+
+
+def test_stage1_trains_only_the_projector(setup, tmp_path):
+    model = freeze_for_stage1(make_model(setup))
+    counts = trainable_parameters(model)
+    assert counts["projector"] == sum(p.numel() for p in model.projector.parameters())
+    assert counts["lora"] == counts["other"] == 0
+    vision, lm, projector = snapshot(model.vision_tower), snapshot(model.language_model), snapshot(model.projector)
+    result = train(model, setup["dataset"], setup["collator"], config(tmp_path, stage=1, max_steps=2))
+    assert not changed(vision, model.vision_tower) and not changed(lm, model.language_model)
+    assert changed(projector, model.projector) == set(projector)  # every projector tensor moved
+    assert all(p.grad is None for p in model.vision_tower.parameters())
+    assert all(p.grad is None for p in model.language_model.parameters())
+    assert all(np.isfinite(row["loss"]) for row in result.history) and len(result.history) == 2
+    assert (result.checkpoint_dir / "projector.safetensors").exists()
+    assert not (result.checkpoint_dir / "adapter").exists()
+
+
+def test_stage1_refuses_a_model_with_more_trainable_than_the_projector(setup, tmp_path):
+    model = make_model(setup)  # nothing frozen
+    with pytest.raises(ValueError, match="freeze_for_stage1"):
+        train(model, setup["dataset"], setup["collator"], config(tmp_path, stage=1))
+
+
+def test_lora_goes_on_every_lm_linear_and_nowhere_else(setup, tmp_path):
+    model = add_lora(make_model(setup), config(tmp_path, stage=2))
+    adapted = {name.split(".lora_A.")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
+    expected = {name for name, module in model.named_modules()
+                if name.startswith("language_model.") and name.rsplit(".", 1)[-1] in LM_LINEARS
+                and hasattr(module, "base_layer")}
+    lm_linears = [n for n, m in model.language_model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and "lora_" not in n and not n.endswith("base_layer")]
+    assert len(expected) == 2 * 7  # 2 decoder layers x 7 linears
+    assert adapted == expected
+    assert all(not n.endswith("lm_head") for n in adapted)
+    assert any(n.endswith("lm_head") for n in lm_linears)  # there is an lm_head, and it has no adapter
+    assert not any("lora_" in n for n, _ in model.vision_tower.named_parameters())
+    assert not any("lora_" in n for n, _ in model.projector.named_parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if "lora_" in n} | {n for n, _ in model.named_parameters()
+                                                                  if n.startswith("projector.")}
+    counts = trainable_parameters(model)
+    assert counts["lora"] > 0 and counts["projector"] > 0 and counts["other"] == 0
+
+
+def test_lora_targets_are_configurable(setup, tmp_path):
+    model = add_lora(make_model(setup), config(tmp_path, stage=2, lora_targets=["q_proj", "v_proj"], lora_r=2))
+    adapted = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted == {"q_proj", "v_proj"}
+    assert all(p.shape[0] == 2 for n, p in model.named_parameters() if ".lora_A." in n)
+
+
+def test_stage2_step_moves_adapters_and_projector_only_with_their_own_learning_rates(setup, tmp_path):
+    cfg = config(tmp_path, stage=2, max_steps=4, lr=1e-2, projector_lr=1e-3)
+    model = add_lora(make_model(setup), cfg)
+    before = snapshot(model)
+    result = train(model, setup["dataset"], setup["collator"], cfg)
+    moved = changed(before, model)
+    assert moved and all("lora_B" in n or "lora_A" in n or n.startswith("projector.") for n in moved)
+    assert any(n.startswith("projector.") for n in moved) and any("lora_B" in n for n in moved)
+    rows = result.history
+    # cosine with 3% warmup (one step of four): lr rises to its peak at step 1, then falls to ~0.
+    assert rows[0]["lr"] == pytest.approx(1e-2) and rows[0]["projector_lr"] == pytest.approx(1e-3)
+    assert [r["lr"] for r in rows] == sorted((r["lr"] for r in rows), reverse=True)
+    assert rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert all(r["projector_lr"] / r["lr"] == pytest.approx(0.1) for r in rows[:-1])
+    assert (result.checkpoint_dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_qlora_lm_is_nf4_double_quantized_projector_fp32_and_trainable(setup, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg = config(tmp_path, stage=2, qlora=True, max_steps=2)
+    model = make_model(setup, lm=setup["lm64"], quantization_config=qlora_quantization_config("fp32"))
+    add_lora(model, cfg)
+    lm_linears = {n: m for n, m in model.language_model.named_modules() if n.rsplit(".", 1)[-1] in LM_LINEARS}
+    assert len(lm_linears) == 14
+    for name, module in lm_linears.items():
+        base = module.base_layer
+        assert isinstance(base, bnb.nn.Linear4bit), name
+        assert base.weight.quant_type == "nf4" and base.weight.compress_statistics  # double quantization
+        assert hasattr(module, "lora_A")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.vision_tower.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.projector.modules())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.projector.parameters())
+    before = snapshot(model.projector)
+    result = train(model, setup["dataset"], setup["collator"], cfg)
+    assert all(np.isfinite(r["loss"]) for r in result.history)
+    assert changed(before, model.projector)
+    assert json.loads((result.checkpoint_dir / "run.json").read_text())["qlora"] is True
+    with pytest.raises(ValueError, match="qlora=False"):
+        merge_lora(model)
+
+
+# ----------------------------------------------------------------------------- resume, processes, precision
+
+
+def test_resumed_run_follows_the_uninterrupted_trajectory(setup, tmp_path):
+    # LoRA dropout on: the resumed run must also restore the RNG, not just weights and optimizer.
+    def run(out, resume=None, **changes):
+        cfg = config(tmp_path, stage=2, max_steps=6, lora_dropout=0.1, output_dir=str(out), **changes)
+        model = add_lora(make_model(setup), cfg)
+        return train(model, setup["dataset"], setup["collator"], cfg, resume_from=resume)
+
+    straight = run(tmp_path / "straight", save_every=3)
+    assert (tmp_path / "straight" / "step-000003" / "training_state").exists()
+    resumed = run(tmp_path / "straight", resume="latest")
+    losses_a = [r["loss"] for r in straight.history]
+    losses_b = [r["loss"] for r in resumed.history]
+    assert len(losses_a) == len(losses_b) == 6
+    np.testing.assert_allclose(losses_b, losses_a, rtol=0, atol=1e-6)
+    assert losses_a[3] != losses_a[0]  # it did train
+
+
+def test_sampler_splits_the_same_global_batches_across_processes():
+    lengths = [int(x) for x in np.random.default_rng(0).integers(70, 200, 50)]
+    one = list(StepSampler(50, 4, 1, 0, seed=1, start=0, stop=30, lengths=lengths))
+    pairs = zip(StepSampler(50, 2, 2, 0, 1, 0, 30, lengths), StepSampler(50, 2, 2, 1, 1, 0, 30, lengths))
+    assert [a + b for a, b in pairs] == one
+    assert list(StepSampler(50, 4, 1, 0, 1, 7, 30, lengths)) == one[7:]  # resuming needs only the step
+    epoch = [i for batch in one[:12] for i in batch]
+    assert len(set(epoch)) == 48  # an epoch visits each example at most once
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in one[:12]])
+    plain = np.mean([np.ptp([lengths[i] for i in b]) for b in StepSampler(50, 4, 1, 0, 1, 0, 12)])
+    assert spread < plain / 2  # grouping by length: similar lengths share a batch
+
+
+WORKER = textwrap.dedent("""
+    import json, sys, torch
+    from transformers import AutoTokenizer, CLIPImageProcessor
+    from llava_mini.conversation import LlavaCollator, LlavaInstructDataset
+    from llava_mini.model import build
+    from llava_mini.train import TrainConfig, add_lora, train
+    vision, lm, records, images, out = sys.argv[1:6]
+    tokenizer = AutoTokenizer.from_pretrained(lm)
+    torch.manual_seed(0)
+    model = build(vision, lm, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    cfg = TrainConfig(stage=2, output_dir=out, max_steps=3, batch_size=4, micro_batch_size=MICRO, lr=1e-2,
+                      lora_r=4, lora_alpha=8, lora_dropout=0.0, progress=False)
+    add_lora(model, cfg)
+    dataset = LlavaInstructDataset(records, images, tokenizer, CLIPImageProcessor.from_pretrained(vision), 16)
+    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        json.dump([r["loss"] for r in result.history], open(out + "/losses.json", "w"))
+""")
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(setup, tmp_path):
+    """torchrun, 2 CPU processes (gloo), micro-batch 2 each == 1 process, micro-batch 2 x 2 accumulation."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.replace("MICRO", "2"))
+    args = [str(setup[k]) for k in ("vision", "lm", "records", "images")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for out, launcher in [(tmp_path / "one", [sys.executable]),
+                          (tmp_path / "two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                              "--master_port", str(29500 + os.getpid() % 1000)])]:
+        out.mkdir()
+        done = subprocess.run([*launcher, str(script), *args, str(out)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert len(one) == 3 and one[0] != one[2]
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(setup, tmp_path):
+    histories = []
+    for checkpointing in (False, True):
+        cfg = config(tmp_path, stage=2, gradient_checkpointing=checkpointing, output_dir=str(tmp_path / str(checkpointing)))
+        model = add_lora(make_model(setup), cfg)
+        histories.append([r["loss"] for r in train(model, setup["dataset"], setup["collator"], cfg).history])
+        assert not model.is_gradient_checkpointing  # switched off again after training
+    np.testing.assert_allclose(histories[1], histories[0], rtol=0, atol=1e-6)
+
+
+def test_precision_follows_the_hardware(monkeypatch):
+    assert resolve_precision("auto") == "fp32"  # this CPU
+    assert resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
+    assert resolve_precision("auto") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8")
+
+
+def test_batch_size_is_global_and_accumulation_is_derived():
+    cfg = TrainConfig(batch_size=32, micro_batch_size=4)
+    assert cfg.accumulation_steps(1) == 8 and cfg.accumulation_steps(2) == 4
+    assert TrainConfig(batch_size=16).accumulation_steps(2) == 1
+    with pytest.raises(ValueError, match="multiple"):
+        TrainConfig(batch_size=10, micro_batch_size=4).accumulation_steps(1)
+
+
+# ----------------------------------------------------------------------------- checkpoints, merging, figures
+
+
+def test_checkpoint_reloads_and_merged_model_exports(setup, tmp_path):
+    cfg = config(tmp_path, stage=2, max_steps=3)
+    model = add_lora(make_model(setup), cfg)
+    result = train(model, setup["dataset"], setup["collator"], cfg)
+    batch = setup["collator"]([setup["dataset"][i] for i in range(3)])
+    batch.pop("id", None)
+    with torch.no_grad():
+        trained = model(**batch).loss
+        reloaded = load_checkpoint(result.checkpoint_dir)
+        assert reloaded.language_model.peft_config  # adapters came back
+        assert torch.allclose(reloaded(**batch).loss, trained, atol=1e-6)
+        merged = merge_lora(reloaded)
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+        assert torch.allclose(merged(**batch).loss, trained, atol=1e-5)
+    processor = CLIPImageProcessor.from_pretrained(setup["vision"])
+    out = merged.export_to_transformers(tmp_path / "hf", setup["tokenizer"], processor)
+    assert (out / "model.safetensors").exists()
+
+
+def test_plot_loss_writes_a_figure(tmp_path):
+    history = [{"step": s, "loss": 3 / s, "lr": 1e-3 * (1 - s / 40)} for s in range(1, 41)]
+    fig = plot_loss(history, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert fig.axes[0].get_xlabel() == "optimizer step"
+
+
+def test_course_model_trains_once_then_loads(setup, tmp_path, monkeypatch):
+    """course_model("lora") builds stage 1 first, then stage 2 from its projector; a second call loads."""
+    from llava_mini import presets
+
+    work = tmp_path / "work"
+    monkeypatch.setenv("LLAVA_MINI_WORK", str(work))
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "records.json").write_text(setup["records"].read_text())
+    stages = presets._stages(stage1=dict(max_steps=2, batch_size=4, lr=1e-2),
+                             lora=dict(max_steps=2, batch_size=4, lr=1e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    test_preset = presets.get_preset("tiny", vision=str(setup["vision"]), lm=str(setup["lm"]), data="files",
+                                     stage1_file="data/records.json", instruct_file="data/records.json",
+                                     image_folder=str(setup["images"]), max_length=128, stages=stages)
+    monkeypatch.setitem(presets.PRESETS, "tiny", test_preset)
+    from llava_mini.train import course_model
+
+    model, tokenizer, processor = course_model("lora", progress=False)
+    checkpoints = work / "checkpoints"
+    assert (checkpoints / "stage1" / "final" / "projector.safetensors").exists()
+    assert (checkpoints / "lora" / "final" / "adapter").exists()
+    stamp = (checkpoints / "lora" / "final" / "run.json").stat().st_mtime_ns
+    again, _, _ = course_model("lora", progress=False)
+    assert (checkpoints / "lora" / "final" / "run.json").stat().st_mtime_ns == stamp  # loaded, not retrained
+    for a, b in zip(model.projector.parameters(), again.projector.parameters()):
+        assert torch.equal(a, b)
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id

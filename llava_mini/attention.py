@@ -213,11 +213,12 @@ def greedy_answer_ids(
     return answers
 
 
-def _reference_answer_ids(tokenizer, question: str, answer: str, num_image_tokens: int, prompt: torch.Tensor) -> list[int]:
+def _reference_answer_ids(tokenizer, question: str, answer: str, num_image_tokens: int, prompt: torch.Tensor,
+                          system_prompt: str | None = None) -> list[int]:
     """The ids of a given answer exactly as they follow the prompt in training (same template)."""
     text = question if "<image>" in question else f"<image>\n{question}"
     record = {"id": "<reference>", "conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]}
-    encoded = encode_conversation(record, tokenizer, num_image_tokens)
+    encoded = encode_conversation(record, tokenizer, num_image_tokens, system_prompt=system_prompt)
     if encoded.input_ids[: len(prompt)] != prompt.tolist():
         raise ValueError("the prompt is not a prefix of the rendered reference conversation")
     return _strip_answer([t for t in encoded.labels if t != IGNORE_INDEX], _stop_ids(tokenizer))
@@ -290,9 +291,8 @@ def inspect_answers(
     if answers is None:
         answer_ids = greedy_answer_ids(model, tokenizer, prompts, pixel_values, max_new_tokens, batch_size)
     else:
-        if system_prompt:
-            raise ValueError("reference answers are tokenized without a system prompt")
-        answer_ids = [_reference_answer_ids(tokenizer, q, a, n_image, p) for q, a, p in zip(questions, answers, prompts)]
+        answer_ids = [_reference_answer_ids(tokenizer, q, a, n_image, p, system_prompt)
+                      for q, a, p in zip(questions, answers, prompts)]
     return answer_attentions(model, tokenizer, prompts, pixel_values, answer_ids, batch_size)
 
 
@@ -465,9 +465,11 @@ def run_grounding(
     max_new_tokens: int = 12,
     batch_size: int = 32,
     progress: bool = False,
+    system_prompt: str | None = None,
 ) -> list[GroundingResult]:
     """Answer every question, extract its attention, and score the grounding on the object's box.
 
+    ``system_prompt``: the one the model was trained with (the preset's), so prompts match training.
     Answers with no tokens (the model stopped at once) have no attention rows and are left out.
     """
     use_eager_attention(model)
@@ -481,7 +483,7 @@ def run_grounding(
         chunk = questions[start: start + batch_size]
         attentions = inspect_answers(model, tokenizer, image_processor, [q.record.load_image() for q in chunk],
                                      [q.question for q in chunk], max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, system_prompt=system_prompt)
         for q, att in zip(chunk, attentions):
             if not att.answer_ids:
                 continue
@@ -568,7 +570,8 @@ def masking_experiment(
     seed: int = 0,
     matcher: Callable[[str, str, str], bool] = default_matcher,
     max_new_tokens: int = 12,
-    batch_size: int = 64,
+    batch_size: int = 32,
+    system_prompt: str | None = None,
 ) -> dict:
     """Does the model *need* the patches it attends to? Re-ask every question with patches masked.
 
@@ -582,7 +585,8 @@ def masking_experiment(
     n_patches = grid[0] * grid[1]
     fill = mean_fill(image_processor)
     rng = torch.Generator().manual_seed(seed)
-    prompts = [build_prompt(tokenizer, r.question.question, base.num_image_tokens) for r in results]
+    prompts = [build_prompt(tokenizer, r.question.question, base.num_image_tokens, system_prompt=system_prompt)
+               for r in results]
     clean = torch.stack([image_to_pixel_values(r.question.record.load_image(), image_processor) for r in results])
 
     def ask(masks: list[torch.Tensor]) -> dict:
@@ -798,7 +802,7 @@ def pixels_to_image(pixel_values: torch.Tensor, image_processor) -> Image.Image:
 
 @torch.no_grad()
 def plot_masking_example(model, tokenizer, image_processor, result: GroundingResult, k: int = 4, seed: int = 0,
-                         path=None):
+                         path=None, system_prompt: str | None = None, max_new_tokens: int = 12):
     """One question three ways: the image as given, its k most-attended patches masked, k random
     patches masked; each panel titled with the model's answer to that version."""
     import matplotlib.pyplot as plt
@@ -813,8 +817,9 @@ def plot_masking_example(model, tokenizer, image_processor, result: GroundingRes
         f"top {k} attended masked": mask_patches(clean, top_patches(result.attention, k), grid, fill),
         f"{k} random masked": mask_patches(clean, random_patches, grid, fill),
     }
-    prompt = build_prompt(tokenizer, result.question.question, base.num_image_tokens)
-    answers = greedy_answer_ids(base, tokenizer, [prompt] * len(versions), torch.stack(list(versions.values())))
+    prompt = build_prompt(tokenizer, result.question.question, base.num_image_tokens, system_prompt=system_prompt)
+    answers = greedy_answer_ids(base, tokenizer, [prompt] * len(versions), torch.stack(list(versions.values())),
+                                max_new_tokens)
     fig, axes = plt.subplots(1, len(versions) + 1, figsize=(2.9 * (len(versions) + 1), 3.1))
     view = pixels_to_image(clean, image_processor)
     record = result.question.record

@@ -355,3 +355,12 @@ def test_run_grounding_summary_and_masking_end_to_end(model, tokenizer, processo
     assert report["k=2"]["top_attended"]["patches"] == report["k=2"]["random"]["patches"] == 2
     for entry in (report["box"], report["k=2"]["top_attended"], report["k=2"]["random"]):
         assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["changed"] <= 1
+
+
+def test_system_prompt_reaches_prompts_and_reference_answers(model, tokenizer, processor):
+    result = inspect_answer(model, tokenizer, processor, random_image(7), "What colour is the circle?",
+                            answer="Red.", system_prompt="Answer briefly.")
+    plain = inspect_answer(model, tokenizer, processor, random_image(7), "What colour is the circle?", answer="Red.")
+    assert result.answer_ids == plain.answer_ids
+    assert result.prompt_length > plain.prompt_length
+    assert result.image_positions[0] > plain.image_positions[0]  # the system message comes first

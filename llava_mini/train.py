@@ -721,7 +721,8 @@ def main(argv=None) -> None:
 
     spec = get_preset(args.preset)
     stage = "stage1" if args.stage == 1 else ("qlora" if args.qlora else "lora")
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in ("stage", "qlora", "output_dir") and getattr(args, f.name, None) is not None}
     cfg = spec.train_config(stage, **overrides)
     cfg.output_dir = args.output_dir or str(Path("checkpoints") / f"{spec.name}-{stage}")
     print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), gradient_checkpointing=cfg.gradient_checkpointing))

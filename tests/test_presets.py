@@ -1,0 +1,218 @@
+"""Tests for llava_mini.presets: the recipe numbers, the memory estimate, and the hub presets' code path
+run against local stand-in folders (a tiny two-tower CLIP, a tiny Qwen2 with a ChatML template, a tiny
+Llama whose tokenizer has no chat template and no pad token, like Vicuna) written with save_pretrained."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from llava_mini import presets
+from llava_mini.conversation import LlavaCollator, LlavaInstructDataset, encode_conversation
+from llava_mini.paths import DATA_DIR
+from llava_mini.presets import VICUNA_TEMPLATE, ModelShape, estimate_memory, get_preset, load_base, load_processors
+from llava_mini.train import add_lora, train
+from test_train import IMAGE_SIZE, PATCH, write_records
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+STANDIN_SHAPE = ModelShape(vision_hidden=32, vision_layers=2, vision_intermediate=64, image_size=IMAGE_SIZE,
+                           patch_size=PATCH, lm_hidden=64, lm_layers=2, lm_intermediate=128, lm_heads=4,
+                           lm_kv_heads=2, vocab_size=300, tied_embeddings=True)
+
+
+def bpe_tokenizer(specials, **tokens) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE(unk_token=tokens.get("unk_token")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["What colour is the circle? The circle is red. And the shape? It is a square."] * 8
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    """Folders shaped like openai/clip-vit-*, Qwen/Qwen2.5-*-Instruct and lmsys/vicuna-7b-v1.5."""
+    root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4),
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=32),
+        projection_dim=16))
+    clip.save_pretrained(root / "clip")
+    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "clip")
+
+    qwen_tok = bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                             eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    qwen_tok.chat_template = CHATML
+    qwen_tok.save_pretrained(root / "qwen")
+    # bitsandbytes' CPU 4-bit kernels need layers at least 64 wide. The vocabulary has no <image>.
+    Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(qwen_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        eos_token_id=qwen_tok.eos_token_id, pad_token_id=qwen_tok.pad_token_id)).save_pretrained(root / "qwen")
+
+    vicuna_tok = bpe_tokenizer(["<unk>", "<s>", "</s>"], bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    vicuna_tok.save_pretrained(root / "vicuna")  # no chat template, no pad token: like the real one
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(vicuna_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=vicuna_tok.bos_token_id, eos_token_id=vicuna_tok.eos_token_id)).save_pretrained(root / "vicuna")
+    records, images = write_records(root / "data", n=16)
+    return {"root": root, "clip": root / "clip", "qwen": root / "qwen", "vicuna": root / "vicuna",
+            "records": records, "images": images}
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def test_presets_hold_the_llava_recipe():
+    paper = get_preset("paper")
+    assert (paper.vision, paper.lm) == ("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
+    assert paper.shape.num_image_tokens == 576
+    stage1, lora, qlora = (paper.train_config(s) for s in ("stage1", "lora", "qlora"))
+    assert (stage1.stage, stage1.lr, stage1.batch_size) == (1, 1e-3, 256)
+    assert (lora.stage, lora.lora_r, lora.lora_alpha, lora.lr, lora.projector_lr) == (2, 128, 256, 2e-4, 2e-5)
+    assert lora.lora_targets == "all-linear" and not lora.qlora and qlora.qlora
+    for cfg in (stage1, lora, qlora):
+        assert cfg.warmup_ratio == 0.03 and cfg.weight_decay == 0.0
+    colab = get_preset("colab")
+    assert colab.vision == "openai/clip-vit-base-patch16" and colab.lm == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert colab.train_config("qlora").qlora
+    tiny = get_preset("tiny")
+    assert (DATA_DIR / "backbones" / "vision" / "config.json").exists() and tiny.data == "course"
+    assert tiny.train_config("lora", max_steps=7).max_steps == 7
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_tiny_shape_matches_the_shipped_backbones():
+    shape = get_preset("tiny").shape
+    vision = AutoConfig.from_pretrained(DATA_DIR / "backbones" / "vision").vision_config
+    lm = AutoConfig.from_pretrained(DATA_DIR / "backbones" / "lm")
+    assert (shape.vision_hidden, shape.vision_layers, shape.vision_intermediate) == (
+        vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size)
+    assert (shape.image_size, shape.patch_size) == (vision.image_size, vision.patch_size)
+    assert (shape.lm_hidden, shape.lm_layers, shape.lm_intermediate, shape.lm_heads, shape.lm_kv_heads) == (
+        lm.hidden_size, lm.num_hidden_layers, lm.intermediate_size, lm.num_attention_heads, lm.num_key_value_heads)
+    assert (shape.vocab_size, shape.tied_embeddings) == (lm.vocab_size, lm.tie_word_embeddings)
+    # The counting formulas agree with real modules of that shape.
+    lm_params = sum(p.numel() for p in LlamaForCausalLM(lm).parameters())
+    vision_params = sum(p.numel() for p in CLIPVisionModel(vision).parameters())
+    assert shape.lm_linear_params() + shape.lm_other_params() == pytest.approx(lm_params, rel=0.01)
+    assert shape.vision_params() == pytest.approx(vision_params, rel=0.01)
+
+
+def test_memory_estimate_is_sane():
+    for name in ("tiny", "colab", "paper"):
+        for mode in ("stage1", "lora", "qlora"):
+            sizes = [estimate_memory(name, mode, batch_size=b).total for b in (1, 2, 4, 8)]
+            assert all(s > 0 for s in sizes) and sizes == sorted(sizes) and sizes[0] < sizes[-1], (name, mode)
+        for batch in (1, 8):
+            assert estimate_memory(name, "qlora", batch_size=batch).total < estimate_memory(name, "lora", batch_size=batch).total
+        no_ckpt = estimate_memory(name, "lora", batch_size=8, gradient_checkpointing=False).total
+        assert estimate_memory(name, "lora", batch_size=8, gradient_checkpointing=True).total < no_ckpt
+    # Weights alone: 4-bit well under half of bf16 for a 7B LM.
+    qlora = dict((p, g) for p, g, _ in estimate_memory("paper", "qlora").rows)
+    lora = dict((p, g) for p, g, _ in estimate_memory("paper", "lora").rows)
+    assert qlora["LM linear layers (NF4)"] < 0.3 * lora["LM linear layers (frozen)"]
+    # The H100 anchor in design.md: Llama-2-7B shape, QLoRA r=128, batch 4 x 832 tokens, checkpointing: 11.0 GiB.
+    anchor = estimate_memory("paper", "qlora", batch_size=4, seq_len=832, gradient_checkpointing=True)
+    assert 9 < anchor.total < 13
+    text = str(anchor)
+    assert "total" in text and "LoRA r=128" in text and "NF4" in text
+
+
+# ----------------------------------------------------------------------------- hub presets, offline
+
+
+def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
+    import bitsandbytes as bnb
+
+    preset = get_preset("colab", vision=str(standins["clip"]), lm=str(standins["qwen"]), shape=STANDIN_SHAPE)
+    tokenizer, processor = load_processors(preset)
+    assert tokenizer.chat_template == CHATML  # the model's own template is kept
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    lm_vocab = AutoConfig.from_pretrained(standins["qwen"]).vocab_size
+    assert image_id >= lm_vocab  # added past the LM's vocabulary; the model never embeds it
+    model = load_base(preset, tokenizer, qlora=True, precision="fp32")
+    cfg = preset.train_config("qlora", max_steps=2, batch_size=4, micro_batch_size=2, output_dir=str(tmp_path / "run"),
+                              progress=False, gradient_checkpointing=True, precision="fp32")
+    add_lora(model, cfg)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.language_model.modules()) == 14
+    assert model.projector.linear_1.weight.dtype == torch.float32
+    dataset = LlavaInstructDataset(standins["records"], standins["images"], tokenizer, processor, model.num_image_tokens,
+                                   max_length=preset.max_length, system_prompt=preset.system_prompt)
+    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
+    assert len(result.history) == 2 and all(np.isfinite(r["loss"]) for r in result.history)
+    run = json.loads((result.checkpoint_dir / "run.json").read_text())
+    assert run["lm"] == str(standins["qwen"]) and run["qlora"]
+
+
+def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
+    preset = get_preset("paper", vision=str(standins["clip"]), lm=str(standins["vicuna"]), shape=STANDIN_SHAPE)
+    tokenizer, processor = load_processors(preset)
+    assert tokenizer.chat_template == VICUNA_TEMPLATE
+    assert tokenizer.pad_token == "<unk>"  # LLaVA pads Vicuna with unk
+    record = json.loads(standins["records"].read_text())[1]  # two QA pairs
+    encoded = encode_conversation(record, tokenizer, 16, system_prompt=preset.system_prompt)
+    answers = tokenizer.decode([t for t in encoded.labels if t != -100])
+    assert [a.strip() for a in answers.split("</s>")] == ["The square is blue.", "It is a square.", ""]
+    model = load_base(preset, tokenizer, precision="fp32")
+    assert model.num_image_tokens == 16 and model.vision_tower.__class__.__name__ == "CLIPVisionModel"
+    dataset = LlavaInstructDataset(standins["records"], standins["images"], tokenizer, processor, 16,
+                                   system_prompt=preset.system_prompt)
+    batch = LlavaCollator(tokenizer.pad_token_id)([dataset[i] for i in range(2)])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="coco_llava_instruct_train.json"):
+        presets.training_data("colab")
+    preset = get_preset("colab")
+    for relative in (preset.stage1_file, preset.instruct_file):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("[]")
+    (tmp_path / preset.image_folder).mkdir(parents=True)
+    assert presets.training_data("colab")["images"] == tmp_path / "coco" / "train2017"
+
+
+def test_cli_trains_a_preset(standins, tmp_path, monkeypatch, capsys):
+    from llava_mini.train import main
+
+    monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path / "work"))
+    preset = replace(get_preset("colab", vision=str(standins["clip"]), lm=str(standins["qwen"]), shape=STANDIN_SHAPE),
+                     name="standin", data="files", stage1_file=str(standins["records"]),
+                     instruct_file=str(standins["records"]), image_folder=str(standins["images"]))
+    monkeypatch.setitem(presets.PRESETS, "standin", preset)
+    out = tmp_path / "cli"
+    main(["--preset", "standin", "--stage", "1", "--max-steps", "2", "--batch-size", "4", "--micro-batch-size", "4",
+          "--precision", "fp32", "--progress", "false", "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "estimated peak training memory" in printed and "final loss" in printed
+    assert (out / "final" / "projector.safetensors").exists() and (out / "loss.png").exists()
+    main(["--preset", "standin", "--stage", "2", "--qlora", "--projector-from", str(out / "final"),
+          "--max-steps", "1", "--batch-size", "4", "--micro-batch-size", "2", "--precision", "fp32",
+          "--gradient-checkpointing", "false", "--progress", "false", "--output-dir", str(tmp_path / "cli2")])
+    assert (tmp_path / "cli2" / "final" / "adapter" / "adapter_config.json").exists()

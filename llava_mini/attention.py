@@ -449,11 +449,40 @@ class GroundingResult:
     attention: AnswerAttention
     correct: bool
     coverage: torch.Tensor             # (rows, cols)
-    by_layer: torch.Tensor             # (layers,) grounding score
+    by_layer: torch.Tensor             # (layers,) grounding score, averaged over heads and answer tokens
+    answer_token: int | None = None    # index of the token that names the answer (first colour/shape word)
+
+    @property
+    def by_layer_answer_token(self) -> torch.Tensor | None:
+        """(layers,): the grounding score of just the answer-naming token (heads averaged), or None."""
+        if self.answer_token is None:
+            return None
+        weights = self.attention.attentions[:, :, self.answer_token]      # (layers, heads, N)
+        return grounding_score(weights, self.coverage).mean(1)
 
     @property
     def answer(self) -> str:
         return self.attention.answer_text
+
+
+def answer_word_token(attention: AnswerAttention, kind: str) -> int | None:
+    """Index of the answer token that first names a value of ``kind`` (a colour or shape word), or None.
+
+    "The star is red." -> the index of " red": that token carries the answer, the others are grammar.
+    Uses notebook 04's term lists (``evaluate.extract_answer``); a word split into several tokens
+    is found at its first piece.
+    """
+    from .evaluate import extract_answer
+
+    tokens = attention.answer_tokens
+    for t in range(len(tokens)):
+        if extract_answer(kind, "".join(tokens[: t + 1])) is None:
+            continue
+        # The term ends at token t; walk back over pieces glued to it ("pur" + "ple") to where it began.
+        while t > 0 and tokens[t][:1].isalpha() and tokens[t - 1][-1:].isalpha():
+            t -= 1
+        return t
+    return None
 
 
 def run_grounding(
@@ -489,7 +518,7 @@ def run_grounding(
                 continue
             coverage = box_coverage(q.bbox, q.record.width, q.record.height, grid)
             results.append(GroundingResult(q, att, matcher(q.kind, att.answer_text, q.expected), coverage,
-                                           grounding_by_layer(att, coverage)))
+                                           grounding_by_layer(att, coverage), answer_word_token(att, q.kind)))
     return results
 
 
@@ -512,6 +541,10 @@ def summarize_grounding(results: Sequence[GroundingResult]) -> dict:
     summary["grounding_by_layer"], summary["grounding_sem"] = _mean_sem(scores)
     summary["image_share_by_layer"], _ = _mean_sem(shares)
     summary["grounding_mean_over_layers"] = round(float(scores.mean()), 4)
+    named = [r.by_layer_answer_token for r in results if r.answer_token is not None]
+    summary["n_answer_word"] = len(named)  # answers that name some colour / shape at all
+    summary["grounding_by_layer_answer_word"], summary["grounding_sem_answer_word"] = (
+        _mean_sem(torch.stack(named)) if named else (None, None))
     summary["max_possible_mean"] = round(float(torch.tensor(
         [1 / (r.coverage.sum() / r.coverage.numel()) for r in results]).mean()), 4)
     for label, keep in (("correct", True), ("wrong", False)):
@@ -665,9 +698,14 @@ def _save(fig, path):
         fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def plot_question_layers(results: Sequence[GroundingResult], image_processor, path=None, title: str | None = None):
-    """One row per question: the image with the object's box, then each layer's map (heads and
-    answer tokens averaged, normalised over the image) with its grounding score."""
+def plot_question_layers(results: Sequence[GroundingResult], image_processor, path=None, title: str | None = None,
+                         answer_word: bool = False):
+    """One row per question: the image with the object's box, then each layer's map (heads averaged,
+    normalised over the image) with its grounding score.
+
+    ``answer_word=False``: averaged over all answer tokens. ``True``: only the token that names the
+    answer (" red"), where the answer names one; other rows fall back to all tokens.
+    """
     import matplotlib.pyplot as plt
 
     n_layers = results[0].attention.num_layers
@@ -678,11 +716,15 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
         view = model_view(image, image_processor)
         overlay(row[0], view, torch.zeros(r.attention.grid), q.bbox, image.size, alpha=0)
         mark = "right" if r.correct else f"wrong, expected {q.expected}"
+        token = r.answer_token if answer_word else None
+        scores = r.by_layer if token is None else r.by_layer_answer_token
+        which = "all answer tokens" if token is None else f"token {r.attention.answer_tokens[token].strip()!r}"
         row[0].set_title("\n".join(textwrap.wrap(q.question, 30)) + f"\n-> {_short(r.answer, 28)!r}\n({mark})",
                          fontsize=7)
         for layer in range(n_layers):
-            overlay(row[layer + 1], view, r.attention.grid_map(layer=layer), q.bbox, image.size,
-                    title=f"layer {layer}: score {float(r.by_layer[layer]):.2f}", fontsize=7)
+            overlay(row[layer + 1], view, r.attention.grid_map(layer=layer, token=token), q.bbox, image.size,
+                    title=f"layer {layer}: score {float(scores[layer]):.2f}" + (f"\n{which}" if layer == 0 else ""),
+                    fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -717,23 +759,28 @@ def plot_token_layers(result: GroundingResult, image_processor, path=None, title
 
 
 def plot_grounding(summaries: dict[str, dict], path=None):
-    """Left: grounding score per layer for each model (error bars: standard error; 1.0 = uniform).
-    Right: the share of each layer's attention that goes to the image tokens at all."""
+    """Left: grounding score per layer for each model (error bars: standard error; 1.0 = uniform),
+    over all answer tokens (solid) and over just the token that names the answer (dashed). Right: the share of each layer's attention that goes to the image tokens at all."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, s in summaries.items():
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.5, 1]})
+    for i, (name, s) in enumerate(summaries.items()):
+        color = f"C{i}"
         layers = range(len(s["grounding_by_layer"]))
-        left.errorbar(layers, s["grounding_by_layer"], yerr=s["grounding_sem"], marker="o", capsize=3,
-                      label=f"{name} (acc {s['accuracy']:.0%}, n={s['n_questions']})")
-        right.plot(layers, s["image_share_by_layer"], marker="o", label=name)
+        left.errorbar(layers, s["grounding_by_layer"], yerr=s["grounding_sem"], marker="o", capsize=3, color=color,
+                      label=f"{name}: all answer tokens (acc {s['accuracy']:.0%}, n={s['n_questions']})")
+        if s.get("grounding_by_layer_answer_word"):
+            left.errorbar(layers, s["grounding_by_layer_answer_word"], yerr=s["grounding_sem_answer_word"],
+                          marker="s", capsize=3, color=color, linestyle="--", alpha=0.8,
+                          label=f"{name}: the answer word only (n={s['n_answer_word']})")
+        right.plot(layers, s["image_share_by_layer"], marker="o", label=name, color=color)
     left.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uniform attention")
     left.set(xlabel="LM layer", ylabel="grounding score (x uniform)", title="Attention inside the object's box")
     right.set(xlabel="LM layer", ylabel="share of attention on image tokens", title="How much it looks at the image",
               ylim=(0, 1))
     for ax in (left, right):
         ax.set_xticks(list(range(len(next(iter(summaries.values()))["grounding_by_layer"]))))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
     return fig

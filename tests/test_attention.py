@@ -350,6 +350,7 @@ def test_run_grounding_summary_and_masking_end_to_end(model, tokenizer, processo
     assert summary["n_questions"] == len(results) == summary["n_correct"] + summary["n_wrong"]
     assert len(summary["grounding_by_layer"]) == len(summary["image_share_by_layer"]) == 3
     assert all(0 < s <= 1 for s in summary["image_share_by_layer"])
+    assert summary["n_answer_word"] == sum(r.answer_token is not None for r in results)
     report = masking_experiment(model, tokenizer, processor, results, ks=(2,), max_new_tokens=3)
     assert set(report) == {"n_questions", "unmasked_accuracy", "box", "k=2"}
     assert report["k=2"]["top_attended"]["patches"] == report["k=2"]["random"]["patches"] == 2
@@ -364,3 +365,16 @@ def test_system_prompt_reaches_prompts_and_reference_answers(model, tokenizer, p
     assert result.answer_ids == plain.answer_ids
     assert result.prompt_length > plain.prompt_length
     assert result.image_positions[0] > plain.image_positions[0]  # the system message comes first
+
+
+def test_answer_word_token_finds_the_token_that_names_the_answer():
+    def att(tokens):
+        return AnswerAttention(list(range(len(tokens))), tokens, "".join(tokens), torch.zeros(1, 1, len(tokens), 16),
+                               (4, 4), torch.arange(16), 1)
+
+    from llava_mini.attention import answer_word_token
+
+    assert answer_word_token(att([" The", " star", " is", " red", "."]), "colour") == 3
+    assert answer_word_token(att([" The", " star", " is", " red", "."]), "shape") == 1
+    assert answer_word_token(att([" It", " is", " pur", "ple", "."]), "colour") == 2  # first piece of the word
+    assert answer_word_token(att([" I", " do", " not", " know"]), "colour") is None

@@ -723,11 +723,11 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
                          fontsize=7)
         for layer in range(n_layers):
             overlay(row[layer + 1], view, r.attention.grid_map(layer=layer, token=token), q.bbox, image.size,
-                    title=f"layer {layer}: score {float(scores[layer]):.2f}" + (f"\n{which}" if layer == 0 else ""),
+                    title=f"layer {layer}: score {float(scores[layer]):.2f}" + (f"\n{which}" if answer_word and layer == 0 else ""),
                     fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))  # leave the suptitle its own strip
     _save(fig, path)
     return fig
 
@@ -753,7 +753,7 @@ def plot_token_layers(result: GroundingResult, image_processor, path=None, title
             if t == 0:
                 ax.set_ylabel(f"layer {layer}", fontsize=8)
     fig.suptitle(title or f"{result.question.question} -> {_short(att.answer_text, 60)!r}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     _save(fig, path)
     return fig
 

@@ -14,7 +14,6 @@ from transformers import PreTrainedTokenizerFast
 
 from llava_mini.attention import (
     AnswerAttention,
-    answer_attentions,
     attention_rollout,
     attention_to_image,
     box_coverage,

@@ -443,13 +443,12 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     Returns TrainResult(history, checkpoint_dir) with history rows
     ``{"step", "loss", "lr", "projector_lr", "grad_norm", "tokens", "seconds"}``.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     precision = resolve_precision(cfg.precision)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+        accelerator = _accelerator(precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = cfg.accumulation_steps(world)
     micro = cfg.micro_batch(world)
@@ -537,10 +536,26 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     if accelerator.is_main_process:
         save_checkpoint(model, final, cfg, history)
     accelerator.wait_for_everyone()
+    # Drop accelerate's wrappers (DDP, the autocast patched onto forward) so later use is plain.
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
     return TrainResult(history=history, checkpoint_dir=final)
+
+
+def _accelerator(precision: str):
+    """An Accelerator for this precision. accelerate keeps one global state per process and refuses a
+    second precision; a notebook may train fp32 then bf16, so the precision part of that state is reset
+    (the process group, if any, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed_precision = {"fp32": "no"}.get(precision, precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision)
 
 
 class _nullcontext:
@@ -647,7 +662,7 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
     """
     from .conversation import LlavaCollator, LlavaInstructDataset, load_records
     from .paths import work_dir
-    from .presets import get_preset, load_base, load_processors, training_data
+    from .presets import estimate_memory, get_preset, load_base, load_processors, training_data
 
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -664,6 +679,8 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
         return model, tokenizer, image_processor
 
     data = training_data(spec)
+    if progress:
+        print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), precision=resolve_precision(cfg.precision)))
     torch.manual_seed(cfg.seed)
     if stage == "stage1":
         model = load_base(spec, tokenizer, precision=cfg.precision)

@@ -46,6 +46,16 @@ def bpe_tokenizer(specials, **tokens) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a busy shared CPU two threads per process
+    spin-wait each other (10-100x slower steps were seen at load 7 on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory):
     """Folders shaped like openai/clip-vit-*, Qwen/Qwen2.5-*-Instruct and lmsys/vicuna-7b-v1.5."""

@@ -106,6 +106,16 @@ def write_records(root: Path, n: int = 24, seed: int = 0) -> tuple[Path, Path]:
     return path, images
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a busy shared CPU two threads per process
+    spin-wait each other (10-100x slower steps were seen at load 7 on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
@@ -391,3 +401,11 @@ def test_course_model_trains_once_then_loads(setup, tmp_path, monkeypatch):
     for a, b in zip(model.projector.parameters(), again.projector.parameters()):
         assert torch.equal(a, b)
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+def test_precision_can_change_between_runs_in_one_process(setup, tmp_path):
+    """A notebook trains fp32, then bf16 autocast: accelerate's one-per-process state must not refuse."""
+    for precision in ("fp32", "bf16", "fp32"):
+        cfg = config(tmp_path, stage=1, max_steps=1, precision=precision, output_dir=str(tmp_path / precision))
+        result = train(freeze_for_stage1(make_model(setup)), setup["dataset"], setup["collator"], cfg)
+        assert np.isfinite(result.history[0]["loss"])

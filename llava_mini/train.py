@@ -34,12 +34,13 @@ Checkpoints (``output_dir/step-000100/`` every ``save_every`` steps, ``output_di
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -500,7 +501,7 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
         for i, batch in enumerate(micro_batches):
             batch.pop("id", None)
             last = i == accumulation - 1
-            with (accelerator.no_sync(wrapped) if not last else _nullcontext()):
+            with (accelerator.no_sync(wrapped) if not last else contextlib.nullcontext()):
                 loss = wrapped(**batch, num_items_in_batch=global_items).loss  # sum over tokens / global count
                 # DDP averages gradients over processes; our loss is already a share of the global mean.
                 accelerator.backward(loss * world)
@@ -556,14 +557,6 @@ def _accelerator(precision: str):
     if state and state.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _to_device(batch: dict, device) -> dict:

@@ -79,7 +79,9 @@ class BackboneRecipe:
     lm_steps: int = 3_000
     lm_batch: int = 64
     lm_lr: float = 2e-3
-    lm_seq_len: int = 192
+    lm_seq_len: int = 256
+    lm_scenes: int = 20_000       # scenes whose captions, contexts and text-only chats the LM reads
+    lm_test_scenes: int = 300
     # wall-clock budgets: after a few steps the step count is cut so each phase ends within its budget
     # (the cosine schedule then spans the steps that fit), so one recipe runs on a CPU or a GPU
     vision_minutes: float = 25.0
@@ -89,7 +91,8 @@ class BackboneRecipe:
     def toy(cls) -> "BackboneRecipe":
         return cls(vocab_size=400, vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32,
                    text_layers=1, embed_dim=16, lm_hidden=32, lm_layers=2, lm_heads=2, lm_intermediate=64,
-                   n_scenes=64, vision_steps=3, vision_batch=16, lm_steps=3, lm_batch=4, lm_seq_len=64)
+                   n_scenes=64, vision_steps=3, vision_batch=16, lm_steps=3, lm_batch=4, lm_seq_len=64,
+                   lm_scenes=40, lm_test_scenes=8)
 
 
 # ----------------------------------------------------------------------------- world scenes -> arrays
@@ -540,9 +543,82 @@ def contrastive_demo(tokenizer, processor, n_images: int = 512, steps: int = 80,
 # ----------------------------------------------------------------------------- the whole build
 
 
-def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
-                    device: str | None = None, workers: int | None = None, log=print) -> dict:
-    """Build tokenizer, vision tower and LM; save them under out_dir; return the measured report."""
+def world_scenes(n: int, seed: int, config: WorldConfig, stream: str = "lm") -> tuple[list[Scene], list[list[str]]]:
+    """n scenes and their captions without drawing them (the LM's corpus needs no pixels)."""
+    scenes, captions = [], []
+    for i in range(n):
+        rng = _rng(seed, stream, i)
+        scenes.append(sample_scene(config, rng, i + 1))
+        captions.append(make_captions(scenes[-1], rng, image_size=config.image_size))
+    return scenes, captions
+
+
+def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: WorldConfig, seed: int = 0) -> list[str]:
+    """The symbolic teacher's conversations, descriptions and reasoning with the scene's symbolic context
+    written where the image will later go, rendered with the chat template.
+
+    This is what makes the stand-in LM a *chat* model, as Vicuna was before LLaVA: it has learned to follow
+    instructions about a scene it reads as text. LLaVA's stage 2 then teaches it to read the scene from
+    image tokens instead.
+    """
+    import jinja2
+
+    from .coco import ImageRecord, ObjectAnnotation
+    from .conversation import IMAGE_TOKEN, to_messages
+    from .instruct import generate_instruct_data
+    from .symbolic import context_text
+
+    records = [ImageRecord(scene.image_id, f"{scene.image_id}.png", config.image_size, config.image_size, list(caps),
+                           [ObjectAnnotation(o.category, tuple(map(float, o.bbox))) for o in scene.objects])
+               for scene, caps in zip(scenes, captions)]
+    contexts = {r.file_name: context_text(r, boxes=True) for r in records}
+    result = generate_instruct_data(records, seed=seed, progress=False)
+    template = jinja2.Template(CHAT_TEMPLATE)
+    chats = []
+    for record in result.records:
+        messages = to_messages(record)
+        messages[0]["content"] = messages[0]["content"].replace(IMAGE_TOKEN, contexts[record["image"]]).strip()
+        chats.append(template.render(messages=messages, add_generation_prompt=False))
+    return chats
+
+
+def build_language_model(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
+                         device: str | None = None, log=print) -> dict:
+    """Tokenizer + Llama-style LM pretrained on world text (no images): captions, symbolic contexts and
+    text-only chats. Saves out_dir/tokenizer and out_dir/lm; returns its part of the report."""
+    recipe = recipe or BackboneRecipe()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    config = WorldConfig()
+    t0 = time.time()
+    scenes, captions = world_scenes(recipe.lm_scenes + recipe.lm_test_scenes, recipe.seed, config)
+    split = recipe.lm_scenes
+    train_docs = world_text_corpus(scenes[:split], captions[:split], config) + text_only_chats(scenes[:split], captions[:split], config, recipe.seed)
+    test_docs = world_text_corpus(scenes[split:], captions[split:], config)[:-1] + text_only_chats(scenes[split:], captions[split:], config, recipe.seed + 1)
+    tokenizer = train_tokenizer(train_docs, recipe.vocab_size)
+    corpus_s = round(time.time() - t0, 1)
+    t0 = time.time()
+    lm = make_lm(recipe, tokenizer)
+    train_rows = pack_corpus(tokenizer, train_docs, recipe.lm_seq_len)
+    test_rows = pack_corpus(tokenizer, test_docs, recipe.lm_seq_len)
+    lm_log = pretrain_lm(lm, train_rows, recipe, device, log)
+    report = {
+        "lm_device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
+        "lm_corpus": {"scenes": split, "documents": len(train_docs), "tokens": int(train_rows.numel()), "seconds": corpus_s},
+        "lm_perplexity_heldout": perplexity(lm, test_rows) if len(test_rows) else None,
+        "lm_seconds": round(time.time() - t0, 1),
+        "lm_log": lm_log,
+    }
+    for folder in ("tokenizer", "lm"):
+        tokenizer.save_pretrained(out_dir / folder)
+    lm.save_pretrained(out_dir / "lm")
+    return report
+
+
+def build_vision_tower(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
+                       device: str | None = None, workers: int | None = None, log=print) -> dict:
+    """CLIP (ViT + text tower, with CLIP's own tokenizer) trained contrastively plus the per-patch attribute
+    loss. Saves out_dir/vision; returns its part of the report."""
     recipe = recipe or BackboneRecipe()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
@@ -553,13 +629,7 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
     n_test = max(8, min(500, recipe.n_scenes // 10))
     train_sl, test_sl = slice(0, recipe.n_scenes - n_test), slice(recipe.n_scenes - n_test, recipe.n_scenes)
     timings = {"render_s": round(time.time() - t0, 1)}
-
-    t0 = time.time()
-    docs = world_text_corpus(scenes[train_sl], captions[train_sl], config)
-    tokenizer = train_tokenizer(docs, recipe.vocab_size)
-    tokenizer.save_pretrained(out_dir / "tokenizer")
-    timings["tokenizer_s"] = round(time.time() - t0, 1)
-
+    tokenizer = train_tokenizer(world_text_corpus(scenes[train_sl], captions[train_sl], config), recipe.vocab_size)
     t0 = time.time()
     processor = image_processor_for(images[:2000], config.image_size)
     clip = make_clip(recipe, config, tokenizer)
@@ -567,34 +637,35 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
     vision_log = pretrain_vision(clip, heads, images[train_sl], targets[train_sl], captions[train_sl],
                                  tokenizer, processor, recipe, device, log)
     timings["vision_s"] = round(time.time() - t0, 1)
-    clip.save_pretrained(out_dir / "vision")
-    processor.save_pretrained(out_dir / "vision")
-    tokenizer.save_pretrained(out_dir / "vision")
-
-    t0 = time.time()
-    lm = make_lm(recipe, tokenizer)
-    train_rows = pack_corpus(tokenizer, docs[:-1], recipe.lm_seq_len)
-    test_rows = pack_corpus(tokenizer, world_text_corpus(scenes[test_sl], captions[test_sl], config)[:-1], recipe.lm_seq_len)
-    lm_log = pretrain_lm(lm, train_rows, recipe, device, log)
-    timings["lm_s"] = round(time.time() - t0, 1)
-    lm.save_pretrained(out_dir / "lm")
-    tokenizer.save_pretrained(out_dir / "lm")
-
-    clip.to(device)
+    for part in (clip, processor, tokenizer):
+        part.save_pretrained(out_dir / "vision")
     n_probe = min(len(images) - n_test, 2000)
-    report = {
+    return {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
-        "recipe": asdict(recipe),
         "timings": timings,
         "retrieval_top1": retrieval_top1(clip, processor, tokenizer, images[test_sl], [c[0] for c in captions[test_sl]]),
         "retrieval_candidates": n_test,
         "patch_probe": probe_patches(clip.vision_model, processor, (images[:n_probe], targets[:n_probe]),
                                      (images[test_sl], targets[test_sl]), config),
-        "lm_perplexity_heldout": perplexity(lm, test_rows) if len(test_rows) else None,
         "vision_log": vision_log,
-        "lm_log": lm_log,
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
+                    device: str | None = None, workers: int | None = None, parts: tuple[str, ...] = ("vision", "lm"),
+                    log=print) -> dict:
+    """Build the vision tower and/or the LM (each with its own tokenizer, as CLIP and Vicuna have), save
+    them under out_dir and merge their measurements into out_dir/report.json."""
+    recipe = recipe or BackboneRecipe()
+    out_dir = Path(out_dir)
+    report_file = out_dir / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    if "vision" in parts:
+        report.update(build_vision_tower(out_dir, recipe, device, workers, log), vision_recipe=asdict(recipe))
+    if "lm" in parts:
+        report.update(build_language_model(out_dir, recipe, device, log), lm_recipe=asdict(recipe))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_file.write_text(json.dumps(report, indent=1))
     log(json.dumps({k: v for k, v in report.items() if not k.endswith("_log")}, indent=1))
     return report
 
@@ -683,6 +754,7 @@ def main(argv=None):
     parser.add_argument("--retune-text", metavar="VISION_DIR", default=None,
                         help="only retrain CLIP's text tower against the locked vision tower in VISION_DIR (LiT)")
     parser.add_argument("--retune-minutes", type=float, default=6.0)
+    parser.add_argument("--parts", default="vision,lm", help="which backbones to build: vision, lm or both")
     for field_name, value in asdict(BackboneRecipe()).items():
         parser.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=None)
     args = parser.parse_args(argv)
@@ -692,7 +764,7 @@ def main(argv=None):
     recipe = BackboneRecipe.toy() if args.toy else BackboneRecipe()
     overrides = {k: getattr(args, k) for k in asdict(recipe) if getattr(args, k) is not None}
     recipe = replace(recipe, **overrides)
-    build_backbones(args.out, recipe, args.device, args.workers)
+    build_backbones(args.out, recipe, args.device, args.workers, parts=tuple(args.parts.split(",")))
 
 
 if __name__ == "__main__":

@@ -65,5 +65,5 @@ def test_shipped_backbones_load_like_hub_models():
     tok = AutoTokenizer.from_pretrained(root / "lm")
     assert lm.config.vocab_size == len(tok) and "<image>" in tok.get_vocab()
     out = tower(pixel_values=torch.zeros(1, 3, 64, 64), output_hidden_states=True)
-    assert out.hidden_states[-2].shape == (1, 1 + 64, report["recipe"]["vision_hidden"])
+    assert out.hidden_states[-2].shape == (1, 1 + 64, report["vision_recipe"]["vision_hidden"])
     assert report["patch_probe"]["shape"] >= 0.9 and report["patch_probe"]["color"] >= 0.95

@@ -1,0 +1,89 @@
+"""The tiny track's headline numbers: stage 1, stage 2 LoRA and QLoRA, and a blind baseline, evaluated on
+held-out world images. Prints the table and writes results.json + a chart for README to quote.
+
+    python scripts/tiny_results.py [--lora-steps 1200] [--batch-size 32] [--out work/results]
+
+Unlike notebook 04, which must fit the course's time budget on a CPU, this script may train longer; it
+uses its own work folder (<out>/work) so it never replaces the notebooks' checkpoints. It runs on a CPU or
+a GPU (QLoRA needs bitsandbytes, and is skipped with a message where it is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "work" / "results"))
+    parser.add_argument("--lora-steps", type=int, default=1200)
+    parser.add_argument("--qlora-steps", type=int, default=None, help="default: as many as LoRA")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lora-r", type=int, default=64)
+    parser.add_argument("--test-images", type=int, default=500)
+    parser.add_argument("--per-kind", type=int, default=200, help="questions per kind (balanced)")
+    parser.add_argument("--descriptions", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (a GPU run wants several)")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    os.environ["LLAVA_MINI_WORK"] = str(out / "work")  # read by llava_mini.paths at call time
+    import torch
+
+    from llava_mini import evaluate, train
+    from llava_mini.coco import read_split
+    from llava_mini.presets import get_preset
+    from llava_mini.world import course_world
+
+    spec = get_preset("tiny")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
+    stage2 = dict(batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
+                  num_workers=args.num_workers)
+    variants = {"stage 1 only": ("stage1", {}), "stage 2 LoRA": ("lora", dict(max_steps=args.lora_steps, **stage2))}
+    if importlib.util.find_spec("bitsandbytes"):
+        variants["stage 2 QLoRA"] = ("qlora", dict(max_steps=args.qlora_steps or args.lora_steps, **stage2))
+    else:
+        print("bitsandbytes is not installed here: QLoRA skipped", file=sys.stderr)
+
+    root = course_world(seed=args.seed)
+    test = read_split(root, "test").records[: args.test_images]
+    questions = evaluate.make_questions(test, seed=args.seed, max_per_kind=args.per_kind)
+    common = dict(image_dir=root / "images" / "test", questions=questions, n_descriptions=args.descriptions,
+                  system_prompt=spec.system_prompt, batch_size=64)
+    results, timings = {}, {}
+    settings = {"device": device, "torch": torch.__version__, "args": vars(args), "timings": timings,
+                "questions": len(questions), "test_images": len(test)}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (stage, overrides) in variants.items():
+        start = time.time()
+        model, tokenizer, processor = train.course_model(stage, progress=False, **overrides)
+        timings[name] = {"train_s": round(time.time() - start, 1)}
+        if name == "stage 2 LoRA":  # the blind baseline: the best model, with every image blanked out
+            results["blind"] = evaluate.evaluate_model(model, tokenizer, processor, test, blind=True, **common)
+        start = time.time()
+        results[name] = evaluate.evaluate_model(model, tokenizer, processor, test, **common)
+        timings[name]["eval_s"] = round(time.time() - start, 1)
+        print(f"{name}: micro {results[name]['micro']:.1%}  {json.dumps({k: round(v, 3) for k, v in results[name]['accuracy'].items()})}", flush=True)
+        # after every model, so a run cut short still leaves what it measured
+        evaluate.save_results(results, out / "results.json")
+        (out / "settings.json").write_text(json.dumps(settings, indent=1))
+
+    evaluate.plot_comparison(results, out / "results.png")
+    print(evaluate.results_table(results))
+    print(json.dumps(settings, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

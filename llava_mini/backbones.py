@@ -467,11 +467,13 @@ def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 30
     probe = nn.Linear(train_x.shape[1], classes)
     opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
     xt = (train_x - mean) / std
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(probe(xt), train_y).backward()
-        opt.step()
-    return (probe((test_x - mean) / std).argmax(-1) == test_y).float().mean().item()
+    with torch.enable_grad():  # callers often hold no_grad for the frozen features
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(probe(xt), train_y).backward()
+            opt.step()
+    with torch.no_grad():
+        return (probe((test_x - mean) / std).argmax(-1) == test_y).float().mean().item()
 
 
 def probe_patches(vision_model, processor, train, test, config: WorldConfig) -> dict[str, float]:

@@ -131,7 +131,7 @@ TINY = Preset(
     lm=str(DATA_DIR / "backbones" / "lm"),
     shape=ModelShape(vision_hidden=256, vision_layers=6, vision_intermediate=1024, image_size=64, patch_size=8,
                      lm_hidden=256, lm_layers=4, lm_intermediate=768, lm_heads=4, lm_kv_heads=4,
-                     vocab_size=672, tied_embeddings=True),
+                     vocab_size=1011, tied_embeddings=True),
     max_length=224,   # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
     # Budget (design.md): stage 1 ~1.5 min, each stage-2 variant ~1.5-2 min on the 2-core CPU. Measured
     # (scripts/bench_train.py, 2 threads, CPU shared with other jobs): stage 1 batch 16 ~1.1-1.3 s/step,

@@ -334,9 +334,28 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def backbone_fingerprint(vision: str | Path, lm: str | Path) -> str:
+    """A hash of the frozen towers a checkpoint is trained on (weights, configs, tokenizer of local folders;
+    the name of hub models). A checkpoint is reused only on the same towers: a projector trained for one
+    LM would be silently wrong on another of the same shape."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in (vision, lm):
+        path = Path(str(source))
+        if not path.is_dir():
+            digest.update(str(source).encode())
+            continue
+        for f in sorted(path.glob("*.safetensors")) + [path / "config.json", path / "tokenizer.json"]:
+            if f.exists():
+                digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _run_info(model: LlavaMini, cfg: TrainConfig) -> dict:
     lm = _base_lm(model)
     return {
+        "backbones": backbone_fingerprint(model.vision_tower.config._name_or_path, lm.config._name_or_path),
         "stage": cfg.stage,
         "vision": str(model.vision_tower.config._name_or_path),
         "lm": str(lm.config._name_or_path),
@@ -667,7 +686,7 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
     final = Path(cfg.output_dir) / "final"
     tokenizer, image_processor = load_processors(spec)
 
-    if final.exists() and not retrain and _same_config(final, cfg):
+    if final.exists() and not retrain and _same_config(final, cfg, backbone_fingerprint(spec.vision, spec.lm)):
         model = load_checkpoint(final, vision=spec.vision, lm=spec.lm, precision=cfg.precision)
         return model, tokenizer, image_processor
 
@@ -695,11 +714,15 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
     return model.eval(), tokenizer, image_processor
 
 
-def _same_config(checkpoint: Path, cfg: TrainConfig) -> bool:
-    """Was this checkpoint trained with cfg (ignoring where it was written and whether a bar was shown)?"""
+def _same_config(checkpoint: Path, cfg: TrainConfig, backbones: str | None = None) -> bool:
+    """Was this checkpoint trained with cfg on these backbones (ignoring where it was written and whether a
+    bar was shown)?"""
     try:
-        saved = json.loads((checkpoint / "run.json").read_text())["train_config"]
+        run = json.loads((checkpoint / "run.json").read_text())
+        saved = run["train_config"]
     except (OSError, KeyError, json.JSONDecodeError):
+        return False
+    if backbones is not None and run.get("backbones") != backbones:
         return False
     ignore = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
     current = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ignore}
@@ -772,5 +795,19 @@ def _parse_value(text: str):
     return text
 
 
+def course_history(stage: str = "stage1", preset: str = "tiny") -> list[dict]:
+    """The per-step loss history of a course checkpoint that ``course_model`` trained."""
+    from .paths import work_dir
+    from .presets import get_preset
+
+    spec = get_preset(preset)
+    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
+    path = work_dir() / "checkpoints" / name / "final" / "history.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no history; train the checkpoint first with course_model({stage!r})")
+    return json.loads(path.read_text())
+
+
 if __name__ == "__main__":
     main()
+

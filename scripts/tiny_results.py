@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "work" / "results"))
+    parser.add_argument("--stage1-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=1200)
+    parser.add_argument("--no-qlora", action="store_true", help="skip QLoRA (notebook 04 compares it at the course's budget)")
     parser.add_argument("--qlora-steps", type=int, default=None, help="default: as many as LoRA")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -46,15 +48,24 @@ def main() -> int:
     from llava_mini.presets import get_preset
     from llava_mini.world import course_world
 
-    spec = get_preset("tiny")
+    # the tiny preset with this run's budgets (course_model trains stage 2 from *this* stage 1)
+    base = get_preset("tiny")
+    stage2 = dict(max_steps=args.lora_steps, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
+                  lora_alpha=2 * args.lora_r, seed=args.seed, num_workers=args.num_workers)
+    stages = {name: dict(cfg) for name, cfg in base.stages.items()}
+    stages["stage1"].update(max_steps=args.stage1_steps, seed=args.seed, num_workers=args.num_workers)
+    stages["lora"].update(stage2)
+    stages["qlora"].update(stage2, max_steps=args.qlora_steps or args.lora_steps)
+    spec = get_preset(base, stages=stages)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
-    stage2 = dict(batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=args.seed,
-                  num_workers=args.num_workers)
-    variants = {"stage 1 only": ("stage1", {}), "stage 2 LoRA": ("lora", dict(max_steps=args.lora_steps, **stage2))}
-    if importlib.util.find_spec("bitsandbytes"):
-        variants["stage 2 QLoRA"] = ("qlora", dict(max_steps=args.qlora_steps or args.lora_steps, **stage2))
+    variants = ["stage1", "lora"]
+    if args.no_qlora:
+        pass
+    elif importlib.util.find_spec("bitsandbytes"):
+        variants.append("qlora")
     else:
         print("bitsandbytes is not installed here: QLoRA skipped", file=sys.stderr)
+    names = {"stage1": "stage 1 only", "lora": "stage 2 LoRA", "qlora": "stage 2 QLoRA"}
 
     root = course_world(seed=args.seed)
     test = read_split(root, "test").records[: args.test_images]
@@ -65,9 +76,10 @@ def main() -> int:
     settings = {"device": device, "torch": torch.__version__, "args": vars(args), "timings": timings,
                 "questions": len(questions), "test_images": len(test)}
     out.mkdir(parents=True, exist_ok=True)
-    for name, (stage, overrides) in variants.items():
+    for stage in variants:
+        name = names[stage]
         start = time.time()
-        model, tokenizer, processor = train.course_model(stage, progress=False, **overrides)
+        model, tokenizer, processor = train.course_model(stage, preset=spec, progress=False)
         timings[name] = {"train_s": round(time.time() - start, 1)}
         if name == "stage 2 LoRA":  # the blind baseline: the best model, with every image blanked out
             results["blind"] = evaluate.evaluate_model(model, tokenizer, processor, test, blind=True, **common)

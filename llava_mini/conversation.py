@@ -459,14 +459,14 @@ class LlavaCollator:
 # ----------------------------------------------------------------------------- a picture of one sequence
 
 
-def draw_token_layout(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, image_token_id: int,
+def draw_token_layout(input_ids: Sequence[int], labels: Sequence[int], tokenizer, image_token_id: int,
                       width: int = 32, ax=None, title: str | None = None):
     """Draw a sequence as a grid of cells, one per token: image tokens, prompt text (-100, not learned)
     and answer tokens (labelled, learned). input_ids, labels: (T,). Returns the matplotlib axes."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    ids, labs = input_ids.tolist(), labels.tolist()
+    ids, labs = [int(t) for t in input_ids], [int(t) for t in labels]
     kind = [2 if lab != IGNORE_INDEX else 1 if tok == image_token_id else 0 for tok, lab in zip(ids, labs)]
     rows = -(-len(ids) // width)
     grid = torch.full((rows * width,), -1.0)

@@ -8,9 +8,6 @@ import math
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
 
 from llava_mini.attention import (
     AnswerAttention,
@@ -33,51 +30,27 @@ from llava_mini.attention import (
 )
 from llava_mini.conversation import build_prompt, image_to_pixel_values
 from llava_mini.model import LlavaMini
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 
-IMAGE_SIZE, PATCH = 32, 8
 N_IMAGE = (IMAGE_SIZE // PATCH) ** 2  # 16 image tokens, a 4x4 grid
-VICUNA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
-    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["USER: What colour is the circle? ASSISTANT: The circle is red.",
-              "Which shape is the blue object? The blue object is a star."] * 4
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  extra_special_tokens=["<image>"])
-    tok.chat_template = VICUNA
-    return tok
+    return bpe_tokenizer(["USER: What colour is the circle? ASSISTANT: The circle is red.",
+                          "Which shape is the blue object? The blue object is a star."] * 4)
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return tiny_processor()
 
 
 def make_model(tokenizer, attn_implementation="eager", seed=0) -> LlavaMini:
-    torch.manual_seed(seed)
-    vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
-                                              intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    config._attn_implementation = attn_implementation
-    lm = LlamaForCausalLM(config)
-    model = LlavaMini(vision, lm, tokenizer.convert_tokens_to_ids("<image>"))
-    for p in model.projector.parameters():  # large projector weights: image tokens matter
-        torch.nn.init.normal_(p, std=0.5)
-    return model.eval()
+    vision = tiny_vision(seed=seed)
+    lm = tiny_llama(len(tokenizer), seed=None, num_hidden_layers=3, attn_implementation=attn_implementation)
+    # large projector weights: image tokens matter
+    return tiny_llava(vision, lm, tokenizer, projector_std=0.5).eval()
 
 
 @pytest.fixture(scope="module")

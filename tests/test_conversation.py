@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from llava_mini.conversation import (
     IGNORE_INDEX,
@@ -22,16 +22,11 @@ from llava_mini.conversation import (
     image_to_pixel_values,
     image_token_id,
 )
+from stand_ins import VICUNA, bpe_tokenizer, tiny_processor
 
 N_IMAGE = 16  # image tokens per image in these tests
 
 # The tiny track's Vicuna-like template and a ChatML (Qwen-like) template with a default system prompt.
-VICUNA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
-    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 CHATML = (
     "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -54,19 +49,9 @@ CORPUS = [
 def make_tokenizer(template: str, chatml: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer like the tiny track's, trained in milliseconds on a toy corpus."""
     specials = ["<s>", "</s>", "<pad>", "<image>"] + (["<|im_start|>", "<|im_end|>"] if chatml else [])
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="<|im_end|>" if chatml else "</s>", pad_token="<pad>",
-        extra_special_tokens=specials[3:],
-    )
-    tokenizer.chat_template = template
-    return tokenizer
+    return bpe_tokenizer(CORPUS, specials, vocab_size=400, chat_template=template, tokens=dict(
+        bos_token="<s>", eos_token="<|im_end|>" if chatml else "</s>", pad_token="<pad>",
+        extra_special_tokens=specials[3:]))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +66,7 @@ def chatml():
 
 @pytest.fixture(scope="module")
 def processor():
-    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return tiny_processor(32)
 
 
 def record(rid="r1", image_first=True, n_pairs=3):

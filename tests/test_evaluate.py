@@ -12,9 +12,6 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, \
-    PreTrainedTokenizerFast
 
 from llava_mini import evaluate as ev
 from llava_mini.coco import read_split
@@ -24,6 +21,7 @@ from llava_mini.model import LlavaMini
 from llava_mini.prompts import build_messages, record_context
 from llava_mini.teachers import SymbolicTeacher, TeacherError
 from llava_mini.world import COLORS, SHAPES, generate_world, relation, scene_for
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 
 N_TEST = 220
 SEED = 0
@@ -48,48 +46,25 @@ def questions(records):
     return ev.make_questions(records, seed=SEED)
 
 
-IMAGE_SIZE, PATCH = 32, 8
 N_IMAGE = (IMAGE_SIZE // PATCH) ** 2
-VICUNA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
-    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["USER: What colour is the circle? ASSISTANT: The circle is red.",
-              "How many shapes are there? There are three shapes. Yes, there is a blue star."] * 4
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  extra_special_tokens=["<image>"])
-    tok.chat_template = VICUNA
-    return tok
+    return bpe_tokenizer(["USER: What colour is the circle? ASSISTANT: The circle is red.",
+                          "How many shapes are there? There are three shapes. Yes, there is a blue star."] * 4)
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return tiny_processor()
 
 
 def make_model(tokenizer):
-    torch.manual_seed(0)
-    vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
-                                              intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, bos_token_id=0, eos_token_id=1, pad_token_id=2))
-    m = LlavaMini(vision, lm, tokenizer.convert_tokens_to_ids("<image>"))
-    for p in m.projector.parameters():  # strong projector weights: the image must move the logits
-        torch.nn.init.normal_(p, std=1.0)
-    return m.eval()
+    vision = tiny_vision(seed=0)
+    lm = tiny_llama(len(tokenizer), seed=None)
+    # strong projector weights: the image must move the logits
+    return tiny_llava(vision, lm, tokenizer, projector_std=1.0).eval()
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,10 @@
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
-    CLIPVisionConfig,
     CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -19,47 +14,15 @@ from transformers import (
 
 from llava_mini.conversation import build_prompt, encode_conversation, image_to_pixel_values
 from llava_mini.model import LlavaMini, build, load_vision_tower
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 
-IMAGE_SIZE, PATCH = 32, 8
 N_IMAGE = (IMAGE_SIZE // PATCH) ** 2  # 16 patch tokens
-VICUNA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
-    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["USER: What colour is the circle? ASSISTANT: The circle is red.",
-              "How many shapes are there? There are three shapes."] * 4
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", extra_special_tokens=["<image>"])
-    tokenizer.chat_template = VICUNA
-    return tokenizer
-
-
-def tiny_vision(seed=0) -> CLIPVisionModel:
-    torch.manual_seed(seed)
-    return CLIPVisionModel(CLIPVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24, intermediate_size=48,
-        num_hidden_layers=2, num_attention_heads=4)).eval()
-
-
-def tiny_llama(vocab_size, seed=1, **kwargs) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                    bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    config = LlamaConfig(**{**settings, **kwargs})
-    return LlamaForCausalLM(config).eval()
+    return bpe_tokenizer(["USER: What colour is the circle? ASSISTANT: The circle is red.",
+                          "How many shapes are there? There are three shapes."] * 4)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def processor():
-    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return tiny_processor()
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +46,9 @@ def towers(tmp_path_factory, tokenizer):
 
 
 def make_model(tokenizer, projector_type="mlp2x_gelu", seed=2, **lm_kwargs) -> LlavaMini:
-    model = LlavaMini(tiny_vision(), tiny_llama(len(tokenizer), **lm_kwargs),
-                      tokenizer.convert_tokens_to_ids("<image>"), projector_type)
-    torch.manual_seed(seed)
-    for p in model.projector.parameters():  # non-trivial projector weights
-        torch.nn.init.normal_(p, std=0.3)
-    return model
+    # non-trivial projector weights
+    return tiny_llava(tiny_vision(), tiny_llama(len(tokenizer), **lm_kwargs), tokenizer, projector_std=0.3,
+                      projector_type=projector_type, seed=seed)
 
 
 def make_batch(tokenizer, processor):

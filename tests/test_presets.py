@@ -8,11 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPVisionModel,
     LlamaConfig,
@@ -27,7 +25,7 @@ from llava_mini.conversation import LlavaCollator, LlavaInstructDataset, encode_
 from llava_mini.paths import DATA_DIR
 from llava_mini.presets import VICUNA_TEMPLATE, ModelShape, estimate_memory, get_preset, load_base, load_processors
 from llava_mini.train import add_lora, train
-from test_train import IMAGE_SIZE, PATCH, write_records
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, one_thread, tiny_processor, write_records  # noqa: F401
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -36,24 +34,9 @@ STANDIN_SHAPE = ModelShape(vision_hidden=32, vision_layers=2, vision_intermediat
                            lm_kv_heads=2, vocab_size=300, tied_embeddings=True)
 
 
-def bpe_tokenizer(specials, **tokens) -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE(unk_token=tokens.get("unk_token")))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["What colour is the circle? The circle is red. And the shape? It is a square."] * 8
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy shared CPU two threads per process
-    spin-wait each other (10-100x slower steps were seen at load 7 on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def hub_tokenizer(specials, **tokens) -> PreTrainedTokenizerFast:
+    return bpe_tokenizer(["What colour is the circle? The circle is red. And the shape? It is a square."] * 8,
+                         specials, vocab_size=280, chat_template=None, tokens=tokens)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +51,9 @@ def standins(tmp_path_factory):
                          num_attention_heads=4, max_position_embeddings=32),
         projection_dim=16))
     clip.save_pretrained(root / "clip")
-    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "clip")
+    tiny_processor().save_pretrained(root / "clip")
 
-    qwen_tok = bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    qwen_tok = hub_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                              eos_token="<|im_end|>", pad_token="<|endoftext|>")
     qwen_tok.chat_template = CHATML
     qwen_tok.save_pretrained(root / "qwen")
@@ -81,7 +63,7 @@ def standins(tmp_path_factory):
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
         eos_token_id=qwen_tok.eos_token_id, pad_token_id=qwen_tok.pad_token_id)).save_pretrained(root / "qwen")
 
-    vicuna_tok = bpe_tokenizer(["<unk>", "<s>", "</s>"], bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    vicuna_tok = hub_tokenizer(["<unk>", "<s>", "</s>"], bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     vicuna_tok.save_pretrained(root / "vicuna")  # no chat template, no pad token: like the real one
     LlamaForCausalLM(LlamaConfig(
         vocab_size=len(vicuna_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

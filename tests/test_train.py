@@ -14,16 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 from llava_mini.conversation import LlavaCollator, LlavaInstructDataset
 from llava_mini.model import build
@@ -40,80 +31,27 @@ from llava_mini.train import (
     train,
     trainable_parameters,
 )
+from stand_ins import (COLOURS, IMAGE_SIZE, PATCH, SHAPES, VICUNA, bpe_tokenizer, one_thread, tiny_llama,  # noqa: F401
+                       tiny_processor, tiny_vision, write_records)
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_SIZE, PATCH = 32, 8
-VICUNA = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
-    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
-    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-COLOURS = ["red", "blue", "green", "yellow"]
-SHAPES = ["circle", "square", "triangle"]
 LM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def make_tokenizer(chat_template=VICUNA) -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
     corpus = [f"USER: What colour is the {s}? ASSISTANT: The {s} is {c}." for s in SHAPES for c in COLOURS] * 3
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>", "<image>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", extra_special_tokens=["<image>"])
-    tokenizer.chat_template = chat_template
-    return tokenizer
+    return bpe_tokenizer(corpus, chat_template=chat_template)
 
 
 def write_towers(root: Path, tokenizer, lm_hidden=32) -> tuple[Path, Path]:
     """A tiny CLIP vision tower and a tiny Llama, saved as hub folders would hold them."""
-    torch.manual_seed(0)
-    vision = CLIPVisionModel(CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH, hidden_size=24,
-                                              intermediate_size=48, num_hidden_layers=2, num_attention_heads=4))
-    vision.save_pretrained(root / "vision")
-    CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "vision")
-    torch.manual_seed(1)
-    lm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=lm_hidden, intermediate_size=2 * lm_hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    lm.save_pretrained(root / "lm")
+    tiny_vision(seed=0).save_pretrained(root / "vision")
+    tiny_processor().save_pretrained(root / "vision")
+    tiny_llama(len(tokenizer), seed=1, hidden_size=lm_hidden, intermediate_size=2 * lm_hidden,
+               tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id).save_pretrained(root / "lm")
     tokenizer.save_pretrained(root / "lm")
     return root / "vision", root / "lm"
-
-
-def write_records(root: Path, n: int = 24, seed: int = 0) -> tuple[Path, Path]:
-    """n random images and LLaVA records about them (one or two QA pairs of varying length)."""
-    rng = np.random.default_rng(seed)
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        pixels = (rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(images / f"{i}.png")
-        shape, colour = SHAPES[i % 3], COLOURS[i % 4]
-        turns = [{"from": "human", "value": f"<image>\nWhat colour is the {shape}?"},
-                 {"from": "gpt", "value": f"The {shape} is {colour}."}]
-        if i % 2:
-            turns += [{"from": "human", "value": "And the shape?"}, {"from": "gpt", "value": f"It is a {shape}."}]
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
-    path = root / "records.json"
-    path.write_text(json.dumps(records))
-    return path, images
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy shared CPU two threads per process
-    spin-wait each other (10-100x slower steps were seen at load 7 on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

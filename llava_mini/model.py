@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging as transformers_logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 IGNORE_INDEX = -100
@@ -479,7 +480,14 @@ def load_vision_tower(name_or_path: str | Path, torch_dtype: torch.dtype | None 
     """
     vision_config = _vision_config(AutoConfig.from_pretrained(name_or_path))
     vision_class = MODEL_MAPPING[type(vision_config)]  # CLIPVisionConfig -> CLIPVisionModel, ...
-    return vision_class.from_pretrained(name_or_path, dtype=torch_dtype)
+    # A two-tower checkpoint holds text-tower weights the vision model does not use; transformers reports
+    # each of them as UNEXPECTED. That is expected here, so keep the load quiet (errors still show).
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return vision_class.from_pretrained(name_or_path, dtype=torch_dtype)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def build(

@@ -202,16 +202,25 @@ def test_resumed_run_follows_the_uninterrupted_trajectory(setup, tmp_path):
     assert losses_a[3] != losses_a[0]  # it did train
 
 
-def test_sampler_splits_the_same_global_batches_across_processes():
+def test_sampler_splits_the_same_global_batches_across_processes_and_accumulation():
     lengths = [int(x) for x in np.random.default_rng(0).integers(70, 200, 50)]
-    one = list(StepSampler(50, 4, 1, 0, seed=1, start=0, stop=30, lengths=lengths))
-    pairs = zip(StepSampler(50, 2, 2, 0, 1, 0, 30, lengths), StepSampler(50, 2, 2, 1, 1, 0, 30, lengths))
-    assert [a + b for a, b in pairs] == one
-    assert list(StepSampler(50, 4, 1, 0, 1, 7, 30, lengths)) == one[7:]  # resuming needs only the step
-    epoch = [i for batch in one[:12] for i in batch]
+    one = list(StepSampler(50, 4, 4, 1, 0, seed=1, start=0, stop=12, lengths=lengths))  # one micro-batch a step
+
+    def steps(micro, processes):
+        """Per optimizer step, the examples all processes see together."""
+        per_rank = [list(StepSampler(50, 4, micro, processes, r, 1, 0, 12 * 4 // (micro * processes), lengths))
+                    for r in range(processes)]
+        accumulation = 4 // (micro * processes)
+        return [sorted(i for rank in per_rank for batch in rank[s * accumulation:(s + 1) * accumulation] for i in batch)
+                for s in range(12)]
+
+    for micro, processes in [(2, 1), (1, 1), (2, 2), (1, 2), (1, 4)]:
+        assert steps(micro, processes) == [sorted(b) for b in one], (micro, processes)
+    assert list(StepSampler(50, 4, 4, 1, 0, 1, 7, 12, lengths)) == one[7:]  # resuming needs only the step
+    epoch = [i for batch in one for i in batch]
     assert len(set(epoch)) == 48  # an epoch visits each example at most once
-    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in one[:12]])
-    plain = np.mean([np.ptp([lengths[i] for i in b]) for b in StepSampler(50, 4, 1, 0, 1, 0, 12)])
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in one])
+    plain = np.mean([np.ptp([lengths[i] for i in b]) for b in StepSampler(50, 4, 4, 1, 0, 1, 0, 12)])
     assert spread < plain / 2  # grouping by length: similar lengths share a batch
 
 
@@ -230,6 +239,8 @@ WORKER = textwrap.dedent("""
     add_lora(model, cfg)
     dataset = LlavaInstructDataset(records, images, tokenizer, CLIPImageProcessor.from_pretrained(vision), 16)
     result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
+    if "RANK" in __import__("os").environ:  # launched by torchrun: the two processes really were one group
+        assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == 2
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         json.dump([r["loss"] for r in result.history], open(out + "/losses.json", "w"))
 """)

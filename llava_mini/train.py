@@ -86,6 +86,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
     precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
     group_by_length: bool = True          # batch examples of similar length together (less padding)
+    # Stage-2 data: how often each record of a response type appears in the stream ({"conversation": 3};
+    # types not named: once, 0 drops a type). Used by course_model; train() takes the dataset as given.
+    type_repeats: dict[str, int] | None = None
     save_every: int | None = None         # step checkpoints (with optimizer state) every N steps
     keep_checkpoints: int | None = 2      # keep only the newest N step checkpoints (None: all)
     seed: int = 0
@@ -665,6 +668,21 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str | 
 # ============================================================================ the course's checkpoints
 
 
+def repeat_types(records: list[dict], repeats: dict[str, int] | None) -> list[dict]:
+    """Each record as often as ``repeats`` says for its response type (instruct.record_type; default 1)."""
+    from .instruct import record_type
+
+    if not repeats:
+        return records
+    found = {record_type(r) for r in records}
+    unknown = set(repeats) - found
+    if unknown:
+        raise ValueError(f"type_repeats names {sorted(unknown)}, but the records have types {sorted(found)}")
+    if any(not isinstance(k, int) or k < 0 for k in repeats.values()):
+        raise ValueError(f"type_repeats must be whole numbers >= 0, got {repeats}")
+    return [r for r in records for _ in range(repeats.get(record_type(r), 1))]
+
+
 def _subsample(records: list[dict], n: int, seed: int) -> list[dict]:
     """n records in a seeded random order (tokenizing all 32K course records would take ~20 s)."""
     order = np.random.default_rng(seed).permutation(len(records))[:n]
@@ -715,8 +733,8 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
         del stage1_model
         add_lora(model, cfg)
         records_file = data["instruct"]
-    records = _subsample(load_records(records_file), int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size,
-                         cfg.seed)
+    records = repeat_types(load_records(records_file), cfg.type_repeats if stage != "stage1" else None)
+    records = _subsample(records, int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size, cfg.seed)
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
                                    max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
     collator = LlavaCollator(tokenizer.pad_token_id)
@@ -781,6 +799,8 @@ def main(argv=None) -> None:
     print({k: f"{v:,}" for k, v in trainable_parameters(model).items()})
     data = training_data(spec)
     records = load_records(data["stage1" if cfg.stage == 1 else "instruct"])
+    if cfg.stage == 2:
+        records = repeat_types(records, cfg.type_repeats)
     if args.max_records:
         records = _subsample(records, args.max_records, cfg.seed)
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
@@ -791,7 +811,9 @@ def main(argv=None) -> None:
 
 
 def _parse_value(text: str):
-    """CLI values: ints, floats, booleans, None, else the string (e.g. lora targets)."""
+    """CLI values: ints, floats, booleans, None, JSON objects/lists ('{"conversation": 3}'), else the string."""
+    if text.lstrip().startswith(("{", "[")):
+        return json.loads(text)
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"

@@ -21,12 +21,14 @@ from llava_mini.model import build
 from llava_mini.train import (
     StepSampler,
     TrainConfig,
+    _parse_value,
     add_lora,
     freeze_for_stage1,
     load_checkpoint,
     merge_lora,
     plot_loss,
     qlora_quantization_config,
+    repeat_types,
     resolve_precision,
     train,
     trainable_parameters,
@@ -358,3 +360,16 @@ def test_precision_can_change_between_runs_in_one_process(setup, tmp_path):
         cfg = config(tmp_path, stage=1, max_steps=1, precision=precision, output_dir=str(tmp_path / precision))
         result = train(freeze_for_stage1(make_model(setup)), setup["dataset"], setup["collator"], cfg)
         assert np.isfinite(result.history[0]["loss"])
+
+
+def test_type_repeats_weights_the_response_types_and_names_mistakes():
+    records = [{"id": f"{i:07d}_{kind}"} for i in range(3) for kind in ("conversation", "detail", "complex")]
+    mixed = repeat_types(records, {"conversation": 3, "complex": 0})
+    counts = {kind: sum(r["id"].endswith(kind) for r in mixed) for kind in ("conversation", "detail", "complex")}
+    assert counts == {"conversation": 9, "detail": 3, "complex": 0}
+    assert repeat_types(records, None) is records
+    with pytest.raises(ValueError, match="conversaton"):
+        repeat_types(records, {"conversaton": 2})
+    with pytest.raises(ValueError, match="whole numbers"):
+        repeat_types(records, {"detail": 1.5})
+    assert _parse_value('{"conversation": 3}') == {"conversation": 3}

@@ -1,7 +1,7 @@
 """The tiny track's headline numbers: stage 1, stage 2 LoRA and QLoRA, and a blind baseline, evaluated on
 held-out world images. Prints the table and writes results.json + a chart for README to quote.
 
-    python scripts/tiny_results.py [--lora-steps 1200] [--batch-size 32] [--out work/results]
+    python scripts/tiny_results.py [--lora-steps 1800] [--no-qlora] [--type-repeats JSON] [--out work/results]
 
 Unlike notebook 04, which must fit the course's time budget on a CPU, this script may train longer; it
 uses its own work folder (<out>/work) so it never replaces the notebooks' checkpoints. It runs on a CPU or
@@ -26,17 +26,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "work" / "results"))
     parser.add_argument("--stage1-steps", type=int, default=300)
-    parser.add_argument("--lora-steps", type=int, default=1200)
+    parser.add_argument("--lora-steps", type=int, default=1800)
     parser.add_argument("--no-qlora", action="store_true", help="skip QLoRA (notebook 04 compares it at the course's budget)")
     parser.add_argument("--qlora-steps", type=int, default=None, help="default: as many as LoRA")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lora-r", type=int, default=64)
+    parser.add_argument("--lora-r", type=int, default=32)
     parser.add_argument("--type-repeats", type=json.loads, default=None,
                         help='stage-2 data mix, e.g. \'{"conversation": 3}\' (default: the tiny preset\'s)')
     parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--per-kind", type=int, default=200, help="questions per kind (balanced)")
-    parser.add_argument("--descriptions", type=int, default=100)
+    parser.add_argument("--per-kind", type=int, default=100, help="questions per kind (balanced)")
+    parser.add_argument("--descriptions", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (a GPU run wants several)")
     args = parser.parse_args()

@@ -133,9 +133,9 @@ TINY = Preset(
                      lm_hidden=256, lm_layers=4, lm_intermediate=768, lm_heads=4, lm_kv_heads=4,
                      vocab_size=1011, tied_embeddings=True),
     max_length=224,   # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
-    # Budget (design.md): the whole course within 10 minutes on a 2-core CPU. Measured on an idle 2-core
-    # machine (scripts/bench_train.py; 2-4x slower when the CPU is shared): stage 1 batch 16 ~0.3 s/step,
-    # LoRA ~0.5 s/step, QLoRA ~0.6 s/step. LoRA dropout off: it cost 15-100% of a step here and a short
+    # Budget (design.md): the whole course within 10 minutes on a 2-core CPU. Step times of the course run
+    # on an idle 2-core machine (the checkpoints' history.json; 2-4x slower when the CPU is shared): stage 1
+    # batch 16 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a step here and a short
     # run does not overfit. Learning rates are higher than the paper's: minutes, not epochs.
     # Stage 1 is where grounding starts: the caption loss levels off after ~20 steps, but held-out shape
     # answers went from 12% (50 steps) to 68% (300 steps). Stage 2 gives the projector the adapters'

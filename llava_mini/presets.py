@@ -135,14 +135,15 @@ TINY = Preset(
     max_length=224,   # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
     # Budget (design.md): the whole course within 10 minutes on a 2-core CPU. Step times of the course run
     # on an idle 2-core machine (the checkpoints' history.json; 2-4x slower when the CPU is shared): stage 1
-    # batch 16 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a step here and a short
-    # run does not overfit. Learning rates are higher than the paper's: minutes, not epochs.
+    # batch 16 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a
+    # step here and a short run does not overfit. Learning rates are higher than the paper's: minutes, not
+    # epochs.
     # Stage 1 is where grounding starts: the caption loss levels off after ~20 steps, but held-out shape
     # answers went from 12% (50 steps) to 68% (300 steps). Stage 2 gives the projector the adapters'
     # learning rate for the same reason, and sees each conversation 4 times as often as a description:
     # the short grounded answers are what the evaluation asks for, and the 5-9x longer description and
-    # reasoning answers would otherwise own most of the token-averaged loss (conversation-only stage 2
-    # took shape answers from 63% to 100%; see README, "Results on the tiny track").
+    # reasoning answers would otherwise own most of the token-averaged loss. (Conversations only: shape
+    # answers 99%, but the descriptions break; README, "Results on the tiny track".)
     stages=_stages(
         stage1=dict(max_steps=240, batch_size=16, lr=2e-3),
         lora=dict(max_steps=120, batch_size=16, lr=1e-3, projector_lr=1e-3, lora_r=32, lora_alpha=64,

@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import math
+import os
 import random
 import shutil
 import time

@@ -38,14 +38,14 @@ DIRECTIONS = {  # name -> (attribute named in the question, attribute answered)
 
 @torch.no_grad()
 def patch_tokens(vision_tower, image_processor, records: Sequence[ImageRecord], image_dir: str | Path,
-                 layer: int = -2, batch: int = 256) -> torch.Tensor:
+                 layer: int = -2) -> torch.Tensor:
     """(N, P, D): the patch tokens of ``layer`` (CLS dropped) that LlavaMini's projector reads."""
-    from .conversation import image_to_pixel_values, load_image
+    from .backbones import patch_features
+    from .conversation import load_image
+    from .evaluate import prepare_images
 
-    pixels = torch.stack([image_to_pixel_values(load_image(Path(image_dir) / r.file_name), image_processor)
-                          for r in records])
-    return torch.cat([vision_tower(pixel_values=pixels[i:i + batch], output_hidden_states=True).hidden_states[layer][:, 1:]
-                      for i in range(0, len(pixels), batch)]).float()
+    images = [load_image(Path(image_dir) / r.file_name, record_id=r.image_id) for r in records]
+    return patch_features(vision_tower, prepare_images(images, image_processor), layer=layer)
 
 
 def binding_questions(objects_per_image: Sequence[Sequence], named: str, answered: str,
@@ -54,6 +54,10 @@ def binding_questions(objects_per_image: Sequence[Sequence], named: str, answere
     ``named`` that occurs exactly once in an image. ``objects_per_image``: objects with .shape/.color."""
     rows = []
     for i, objects in enumerate(objects_per_image):
+        for o in objects:
+            if getattr(o, named) not in named_values or getattr(o, answered) not in answer_values:
+                raise ValueError(f"image {i}: object {getattr(o, named)!r} / {getattr(o, answered)!r} is outside "
+                                 f"the probe's vocabulary ({list(named_values)} / {list(answer_values)})")
         for value in sorted({getattr(o, named) for o in objects}):
             matches = [getattr(o, answered) for o in objects if getattr(o, named) == value]
             if len(matches) == 1:

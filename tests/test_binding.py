@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from llava_mini.binding import binding_questions, fit_attention_read
@@ -41,6 +42,8 @@ def test_questions_are_asked_only_when_the_named_value_is_unique():
     rows = binding_questions(objects, "shape", "color", SHAPES, COLOURS).tolist()
     assert rows == [[0, SHAPES.index("circle"), COLOURS.index("red"), 1]]  # the two stars settle nothing
     assert binding_questions([[]], "shape", "color", SHAPES, COLOURS).shape == (0, 4)
+    with pytest.raises(ValueError, match="image 0: object 'hexagon'"):
+        binding_questions([[SimpleNamespace(shape="hexagon", color="red")]], "shape", "color", SHAPES, COLOURS)
 
 
 def test_one_attention_read_learns_bound_attributes_and_fails_on_unbound_ones():

@@ -518,6 +518,56 @@ def generate_answers(
     return answers
 
 
+def evaluate_text_scene(
+    language_model,
+    tokenizer,
+    records: Sequence[ImageRecord],
+    questions: Sequence[Question],
+    boxes: bool = True,
+    system_prompt: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+) -> dict:
+    """The held-out questions answered by the language model alone, *told* the scene: each image's symbolic
+    context (captions, and boxes if ``boxes``) stands where the image tokens would, as in the text-only
+    chats the tiny LM was pretrained on.
+
+    This separates the eyes from the brain: a kind the LM cannot answer even from a perfect text view of
+    the scene will not be answered from image tokens either, however good the vision tower is.
+    Returns the same dict as ``evaluate_model`` (without descriptions).
+    """
+    from .conversation import _render_ids
+    from .symbolic import context_text
+
+    by_id = {r.image_id: r for r in records}
+    missing = sorted({q.image_id for q in questions} - set(by_id))
+    if missing:
+        raise ValueError(f"questions about images {missing[:5]}, which are not among the records given")
+    prompts = []
+    for q in questions:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": f"{context_text(by_id[q.image_id], boxes=boxes)}\n{q.question}"})
+        prompts.append(torch.tensor(_render_ids(tokenizer, messages, add_generation_prompt=True)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = language_model.training
+    language_model.eval()
+    replies = []
+    try:
+        for k in range(0, len(prompts), batch_size):
+            inputs = {name: t.to(language_model.device) for name, t in collate_prompts(prompts[k:k + batch_size], pad).items()}
+            with torch.no_grad():
+                out = language_model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            replies += [tokenizer.decode(ids, skip_special_tokens=True).strip()
+                        for ids in out[:, inputs["input_ids"].shape[1]:].tolist()]
+    finally:
+        language_model.train(was_training)
+    rows = score_answers(questions, replies)
+    settings = dict(text_scene=True, boxes=boxes, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                    images=len(by_id), questions=len(questions))
+    return {**accuracy_by_kind(rows), "answers": rows, "blind": False, "settings": settings, "description": None}
+
+
 def chat(model, tokenizer, image_processor, image, question: str, history: Iterable[tuple[str, str]] = (),
          system_prompt: str | None = None, max_new_tokens: int = 64, blind: bool = False) -> str:
     """One greedy answer about ``image`` (a PIL image or a path), after earlier (question, answer) turns."""
@@ -541,6 +591,17 @@ def chat(model, tokenizer, image_processor, image, question: str, history: Itera
 def _image_of(record: ImageRecord, image_dir) -> Image.Image:
     path = Path(image_dir) / record.file_name if image_dir is not None else record.path
     return load_image(path, record.image_id)
+
+
+def score_answers(questions: Sequence[Question], replies: Sequence[str]) -> list[dict]:
+    """One row per question: what was asked, expected, answered, the extracted term and whether it is right."""
+    rows = []
+    for q, reply in zip(questions, replies, strict=True):
+        extracted = extract_answer(q.kind, reply)
+        rows.append({"image_id": q.image_id, "kind": q.kind, "question": q.question, "expected": q.expected,
+                     "reference": q.reference, "answer": reply, "extracted": extracted,
+                     "correct": extracted == q.expected})
+    return rows
 
 
 def accuracy_by_kind(answers: Sequence[dict]) -> dict:
@@ -611,12 +672,7 @@ def evaluate_model(
                     system_prompt=system_prompt, images=len(records), questions=len(questions))
     replies = generate_answers(model, tokenizer, image_processor, [(image(q.image_id), q.question) for q in questions],
                                batch_size, max_new_tokens, system_prompt, blind, progress, "questions")
-    rows = []
-    for q, reply in zip(questions, replies):
-        extracted = extract_answer(q.kind, reply)
-        rows.append({"image_id": q.image_id, "kind": q.kind, "question": q.question, "expected": q.expected,
-                     "reference": q.reference, "answer": reply, "extracted": extracted,
-                     "correct": extracted == q.expected})
+    rows = score_answers(questions, replies)
     result = {**accuracy_by_kind(rows), "answers": rows, "blind": blind, "settings": settings, "description": None}
 
     described = records if n_descriptions is None else records[:n_descriptions]

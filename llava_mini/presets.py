@@ -106,6 +106,7 @@ class Preset:
     max_length: int = 2048              # tokens per example, image tokens included
     # data: "course" = the generated shapes world; otherwise files under work_dir()
     data: str = "course"
+    world_sizes: dict | None = None     # images per split of the course world (None: world.COURSE_SIZES)
     stage1_file: str | None = None
     instruct_file: str | None = None
     image_folder: str | None = None
@@ -264,7 +265,7 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
     if preset.data == "course":
         from .instruct import course_instruct_data
 
-        paths = course_instruct_data(progress=False)
+        paths = course_instruct_data(progress=False, world_sizes=preset.world_sizes)
         return {"stage1": paths["stage1"], "instruct": paths["instruct"], "images": paths["images"]}
     root = work_dir()
     paths = {"stage1": root / preset.stage1_file, "instruct": root / preset.instruct_file,

@@ -713,44 +713,55 @@ def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = Fa
     cfg.progress = progress
     final = Path(cfg.output_dir) / "final"
     tokenizer, image_processor = load_processors(spec)
+    data = training_data(spec)
+    records_file = data["stage1"] if stage == "stage1" else data["instruct"]
+    data_id = file_fingerprint(records_file)
 
-    if final.exists() and not retrain and _same_config(final, cfg, backbone_fingerprint(spec.vision, spec.lm)):
+    if final.exists() and not retrain and _same_config(final, cfg, backbone_fingerprint(spec.vision, spec.lm), data_id):
         model = load_checkpoint(final, vision=spec.vision, lm=spec.lm, precision=cfg.precision)
         return model, tokenizer, image_processor
 
-    data = training_data(spec)
     if progress:
         print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), precision=resolve_precision(cfg.precision)))
     torch.manual_seed(cfg.seed)
     if stage == "stage1":
         model = load_base(spec, tokenizer, precision=cfg.precision)
         freeze_for_stage1(model)
-        records_file = data["stage1"]
     else:
         stage1_model, _, _ = course_model("stage1", preset, progress=progress)
         model = load_base(spec, tokenizer, qlora=stage == "qlora", precision=cfg.precision)
         model.projector.load_state_dict(stage1_model.projector.state_dict())
         del stage1_model
         add_lora(model, cfg)
-        records_file = data["instruct"]
     records = repeat_types(load_records(records_file), cfg.type_repeats if stage != "stage1" else None)
     records = _subsample(records, int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size, cfg.seed)
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
                                    max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
     collator = LlavaCollator(tokenizer.pad_token_id)
     train(model, dataset, collator, cfg)
+    run_file = final / "run.json"  # which records it learned from: other data (a bigger world) retrains
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "data": data_id}, indent=2))
     return model.eval(), tokenizer, image_processor
 
 
-def _same_config(checkpoint: Path, cfg: TrainConfig, backbones: str | None = None) -> bool:
-    """Was this checkpoint trained with cfg on these backbones (ignoring where it was written and whether a
-    bar was shown)?"""
+def file_fingerprint(path: str | Path) -> str:
+    """A hash of a file's bytes (the training records a checkpoint was trained on)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _same_config(checkpoint: Path, cfg: TrainConfig, backbones: str | None = None, data: str | None = None) -> bool:
+    """Was this checkpoint trained with cfg on these backbones and this data (ignoring where it was written
+    and whether a bar was shown)?"""
     try:
         run = json.loads((checkpoint / "run.json").read_text())
         saved = run["train_config"]
     except (OSError, KeyError, json.JSONDecodeError):
         return False
     if backbones is not None and run.get("backbones") != backbones:
+        return False
+    if data is not None and run.get("data") != data:
         return False
     ignore = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
     current = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ignore}

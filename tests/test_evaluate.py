@@ -19,6 +19,7 @@ from llava_mini.conversation import build_prompt
 from llava_mini.instruct import parse_qa_pairs
 from llava_mini.model import LlavaMini
 from llava_mini.prompts import build_messages, record_context
+from llava_mini.symbolic import context_text
 from llava_mini.teachers import SymbolicTeacher, TeacherError
 from llava_mini.world import COLORS, SHAPES, generate_world, relation, scene_for
 from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
@@ -425,3 +426,47 @@ def test_judge_items_from_a_result(records):
     assert kinds["detail"] == 1 and all(v <= 2 for v in kinds.values())
     detail = next(i for i in items if i["kind"] == "detail")
     assert len(detail["reference"].split()) > 8 and recs[0].captions[0] in detail["context"]
+
+
+# ----------------------------------------------------------------------------- the LM told the scene as text
+
+
+class _TextReader(torch.nn.Module):
+    """A stand-in LM that answers existence questions by reading the box lines of its prompt: 'yes' iff a
+    box line names the asked-for thing ('green square', or a bare 'square'); 'green' to everything else."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.device = torch.device("cpu")
+        self.prompts = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            prompt = self.tokenizer.decode([i for i, m in zip(ids, mask) if m])
+            self.prompts.append(prompt)
+            boxed = re.findall(r"^(\w+ \w+): \[", prompt, flags=re.M)
+            asked = re.search(r"(?:Is there|Do you see|Does the image contain|Can) an? ([\w ]+?)(?: in| be|\?)", prompt)
+            found = asked and any(c == asked.group(1) or c.endswith(" " + asked.group(1)) for c in boxed)
+            reply = ("Yes." if found else "No.") if asked else "green"
+            rows.append(ids + self.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        width = max(map(len, rows))  # replies of different lengths: pad after them, as generate does
+        return torch.tensor([r + [self.tokenizer.pad_token_id or 0] * (width - len(r)) for r in rows])
+
+
+def test_text_scene_puts_each_scene_in_its_prompt_and_scores_like_evaluate_model(tokenizer, records):
+    recs = records[:30]
+    qs = [q for q in ev.make_questions(recs, seed=SEED) if q.kind in ("existence", "colour")]
+    reader = _TextReader(tokenizer)
+    result = ev.evaluate_text_scene(reader, tokenizer, recs, qs, batch_size=7)
+    assert [r["question"] for r in result["answers"]] == [q.question for q in qs]
+    by_id = {r.image_id: r for r in recs}
+    for prompt, q in zip(reader.prompts, qs):
+        assert context_text(by_id[q.image_id]) in prompt and q.question in prompt
+    assert result["accuracy"]["existence"] == 1.0  # a perfect reader of the boxes, scored as such
+    colour = [r for r in result["answers"] if r["kind"] == "colour"]
+    assert all(r["correct"] == (r["expected"] == "green") for r in colour)
+    assert result["settings"]["text_scene"] and result["description"] is None
+    with pytest.raises(ValueError, match="not among the records"):
+        ev.evaluate_text_scene(reader, tokenizer, recs[:1], qs[-1:])

@@ -178,6 +178,14 @@ def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
         assert torch.isfinite(model(**batch).loss)
 
 
+def test_course_data_follows_the_presets_world_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
+    sizes = {"train": 9, "val": 2, "test": 3}
+    data = presets.training_data(get_preset("tiny", world_sizes=sizes))
+    assert len(list(data["images"].glob("*.png"))) == 9
+    assert len({r["image"] for r in json.loads(data["instruct"].read_text())}) == 9
+
+
 def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="coco_llava_instruct_train.json"):

@@ -24,6 +24,7 @@ from llava_mini.train import (
     _parse_value,
     add_lora,
     freeze_for_stage1,
+    file_fingerprint,
     load_checkpoint,
     merge_lora,
     plot_loss,
@@ -352,6 +353,14 @@ def test_course_model_trains_once_then_loads(setup, tmp_path, monkeypatch):
     for a, b in zip(model.projector.parameters(), again.projector.parameters()):
         assert torch.equal(a, b)
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+    # Other training records (a bigger world, a new teacher): the checkpoint is stale and is retrained.
+    records_file = work / "data" / "records.json"
+    records_file.write_text(json.dumps(json.loads(records_file.read_text())[:-1]))
+    course_model("lora", progress=False)
+    run = json.loads((checkpoints / "lora" / "final" / "run.json").read_text())
+    assert (checkpoints / "lora" / "final" / "run.json").stat().st_mtime_ns != stamp
+    assert run["data"] == file_fingerprint(records_file)
 
 
 def test_precision_can_change_between_runs_in_one_process(setup, tmp_path):

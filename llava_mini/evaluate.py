@@ -533,7 +533,7 @@ def evaluate_text_scene(
     chats the tiny LM was pretrained on.
 
     This separates the eyes from the brain: a kind the LM cannot answer even from a perfect text view of
-    the scene will not be answered from image tokens either, however good the vision tower is.
+    the scene is limited by what the LM has learned, and a better vision tower alone will not lift it.
     Returns the same dict as ``evaluate_model`` (without descriptions).
     """
     from .conversation import _render_ids

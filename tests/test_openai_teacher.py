@@ -72,9 +72,9 @@ class FakeServer:
                     return self.reply(200, {"id": "x", "object": "chat.completion", "choices": []})
                 time.sleep(server.delay)
                 payload = server.completion(body, n)
-                self.reply(200, payload)
-                with server.lock:
+                with server.lock:  # counted before the reply: a client that has its answer must see the count
                     server.served_ok += 1
+                self.reply(200, payload)
 
             def reply(self, status, obj, headers=None):
                 self.raw(status, json.dumps(obj).encode(), "application/json", headers)

@@ -148,7 +148,7 @@ def add_image_token(tokenizer, image_token: str = IMAGE_TOKEN) -> int:
     return image_token_id(tokenizer, image_token)
 
 
-def _render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     """Render messages with the chat template, then tokenize the text as is.
 
     The template itself writes every special token it wants (BOS, role markers, EOS), so we
@@ -211,15 +211,15 @@ def encode_conversation(
     rid = _record_id(record)
     messages = to_messages(record, system_prompt)
     image_id = image_token_id(tokenizer, image_token)
-    full_ids = _render_ids(tokenizer, messages, add_generation_prompt=False)
+    full_ids = render_ids(tokenizer, messages, add_generation_prompt=False)
 
     # Answer spans [start, end) in full_ids, found by incremental rendering.
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt_ids = _render_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        upto_ids = _render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        prompt_ids = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        upto_ids = render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not (_is_prefix(prompt_ids, upto_ids) and _is_prefix(upto_ids, full_ids)):
             raise TokenizationMismatch(
                 rid,
@@ -286,7 +286,7 @@ def build_prompt(
         messages.append({"role": "user", "content": q})
         if a is not None:
             messages.append({"role": "assistant", "content": a})
-    ids = _render_ids(tokenizer, messages, add_generation_prompt=True)
+    ids = render_ids(tokenizer, messages, add_generation_prompt=True)
     ids, _ = _expand_image_token(ids, [IGNORE_INDEX] * len(ids), image_token_id(tokenizer, image_token),
                                  num_image_tokens, "<prompt>")
     return torch.tensor(ids, dtype=torch.long)

@@ -536,7 +536,7 @@ def evaluate_text_scene(
     the scene is limited by what the LM has learned, and a better vision tower alone will not lift it.
     Returns the same dict as ``evaluate_model`` (without descriptions).
     """
-    from .conversation import _render_ids
+    from .conversation import render_ids
     from .symbolic import context_text
 
     by_id = {r.image_id: r for r in records}
@@ -547,7 +547,7 @@ def evaluate_text_scene(
     for q in questions:
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": f"{context_text(by_id[q.image_id], boxes=boxes)}\n{q.question}"})
-        prompts.append(torch.tensor(_render_ids(tokenizer, messages, add_generation_prompt=True)))
+        prompts.append(torch.tensor(render_ids(tokenizer, messages, add_generation_prompt=True)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = language_model.training
     language_model.eval()

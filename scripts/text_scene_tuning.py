@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,10 +32,9 @@ def main() -> int:
     parser.add_argument("--lora-r", type=int, default=32)
     parser.add_argument("--test-images", type=int, default=500)
     parser.add_argument("--per-kind", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training order and question sample (the world is the course's)")
     args = parser.parse_args()
     out = Path(args.out)
-    os.environ.setdefault("LLAVA_MINI_WORK", str(ROOT / "work"))
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -48,19 +46,22 @@ def main() -> int:
     from llava_mini.presets import get_preset, load_processors, training_data
     from llava_mini.symbolic import context_text
     from llava_mini.train import repeat_types
-    from llava_mini.world import course_world
 
     torch.manual_seed(args.seed)
     spec = get_preset("tiny")
     stage2 = spec.train_config("lora")
     tokenizer, _ = load_processors(spec)
-    root = course_world(seed=args.seed)
+    data = training_data(spec)
+    root = data["images"].parents[1]  # the world the training records were written from
     contexts = {r.file_name: context_text(r, boxes=True) for r in read_split(root, "train").records}
 
     # The stage-2 records, each image replaced by its context. "<image>" stays in front of the context and
     # expands to 0 tokens, so the labels are computed exactly as for the image records.
     examples, skipped = [], 0
-    for record in repeat_types(load_records(training_data(spec)["instruct"]), stage2.type_repeats):
+    for record in repeat_types(load_records(data["instruct"]), stage2.type_repeats):
+        if record.get("image") not in contexts:
+            raise ValueError(f"{data['instruct']}: record {record.get('id')!r} names image {record.get('image')!r}, "
+                             f"which is not in the train split of {root}")
         turns = [dict(t) for t in record["conversations"]]
         turns[0]["value"] = turns[0]["value"].replace(IMAGE_TOKEN, IMAGE_TOKEN + contexts[record["image"]])
         try:

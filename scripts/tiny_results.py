@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=500)
     parser.add_argument("--per-kind", type=int, default=100, help="questions per kind (balanced)")
     parser.add_argument("--descriptions", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training and question sample (the world is the course's)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (a GPU run wants several)")
     args = parser.parse_args()
 
@@ -50,8 +50,8 @@ def main() -> int:
 
     from llava_mini import evaluate, train
     from llava_mini.coco import read_split
-    from llava_mini.presets import get_preset, load_processors
-    from llava_mini.world import COURSE_SIZES, course_world
+    from llava_mini.presets import get_preset, load_processors, training_data
+    from llava_mini.world import COURSE_SIZES
 
     # the tiny preset with this run's budgets (course_model trains stage 2 from *this* stage 1)
     base = get_preset("tiny")
@@ -75,7 +75,7 @@ def main() -> int:
         print("bitsandbytes is not installed here: QLoRA skipped", file=sys.stderr)
     names = {"stage1": "stage 1 only", "lora": "stage 2 LoRA", "qlora": "stage 2 QLoRA"}
 
-    root = course_world(seed=args.seed, sizes=sizes)
+    root = training_data(spec)["images"].parents[1]  # the world the training records were written from
     test = read_split(root, "test").records[: args.test_images]
     questions = evaluate.make_questions(test, seed=args.seed, max_per_kind=args.per_kind)
     common = dict(image_dir=root / "images" / "test", questions=questions, n_descriptions=args.descriptions,

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from llava_mini.coco import read_split
-from llava_mini.instruct import caption_records, generate_instruct_data
-from llava_mini.teachers import SymbolicTeacher
-from llava_mini.world import course_world
+from llava_mini.world import read_split
+from llava_mini.teacher import caption_records, generate_instruct_data
+from llava_mini.teacher import SymbolicTeacher
+from llava_mini.course import course_world
 
 
 def main() -> None:

@@ -32,10 +32,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from llava_mini.conversation import LlavaCollator, LlavaInstructDataset, load_records
+    from llava_mini.model import LlavaCollator, LlavaInstructDataset, load_records
     from llava_mini.paths import work_dir
-    from llava_mini.presets import get_preset, load_base, load_processors, training_data
-    from llava_mini.train import _subsample, add_lora, freeze_for_stage1, train
+    from llava_mini.config import get_preset
+    from llava_mini.course import load_base, load_processors, training_data
+    from llava_mini.course import _subsample
+    from llava_mini.train import add_lora, freeze_for_stage1, train
 
     spec = get_preset("tiny")
     tokenizer, processor = load_processors(spec)

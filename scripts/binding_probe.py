@@ -22,11 +22,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
 
-    from llava_mini.binding import binding_probe
-    from llava_mini.coco import read_split
+    from llava_mini.evaluate import binding_probe
+    from llava_mini.world import read_split
     from llava_mini.model import load_vision_tower
-    from llava_mini.presets import get_preset, load_processors
-    from llava_mini.world import course_world
+    from llava_mini.config import get_preset
+    from llava_mini.course import load_processors
+    from llava_mini.course import course_world
 
     spec = get_preset("tiny")
     _, processor = load_processors(spec)

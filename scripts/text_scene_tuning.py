@@ -41,11 +41,12 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     from llava_mini import evaluate
-    from llava_mini.coco import read_split
-    from llava_mini.conversation import IMAGE_TOKEN, RecordError, encode_conversation, load_records
-    from llava_mini.presets import get_preset, load_processors, training_data
-    from llava_mini.symbolic import context_text
-    from llava_mini.train import repeat_types
+    from llava_mini.world import read_split
+    from llava_mini.model import IMAGE_TOKEN, RecordError, encode_conversation, load_records
+    from llava_mini.config import get_preset
+    from llava_mini.course import load_processors, training_data
+    from llava_mini.world import context_text
+    from llava_mini.course import repeat_types
 
     torch.manual_seed(args.seed)
     spec = get_preset("tiny")

@@ -49,9 +49,10 @@ def main() -> int:
     import torch
 
     from llava_mini import evaluate, train
-    from llava_mini.coco import read_split
-    from llava_mini.presets import get_preset, load_processors, training_data
-    from llava_mini.world import COURSE_SIZES
+    from llava_mini.world import read_split
+    from llava_mini.config import get_preset
+    from llava_mini.course import load_processors, training_data
+    from llava_mini.course import COURSE_SIZES
 
     # the tiny preset with this run's budgets (course_model trains stage 2 from *this* stage 1)
     base = get_preset("tiny")

@@ -10,25 +10,11 @@ import torch
 from PIL import Image
 
 from llava_mini.attention import (
-    AnswerAttention,
-    attention_rollout,
-    attention_to_image,
-    box_coverage,
-    grounding_by_layer,
-    grounding_questions,
-    grounding_score,
-    inspect_answer,
-    inspect_answers,
-    mask_patches,
-    masking_experiment,
-    mean_fill,
-    patch_grid,
-    run_grounding,
-    summarize_grounding,
-    top_patches,
-    use_eager_attention,
+    AnswerAttention, attention_rollout, attention_to_image, box_coverage, grounding_by_layer,
+    grounding_questions, grounding_score, inspect_answer, inspect_answers, mask_patches, masking_experiment,
+    mean_fill, patch_grid, run_grounding, summarize_grounding, top_patches, use_eager_attention,
 )
-from llava_mini.conversation import build_prompt, image_to_pixel_values
+from llava_mini.model import build_prompt, image_to_pixel_values
 from llava_mini.model import LlavaMini
 from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 
@@ -292,7 +278,7 @@ def test_attention_rollout_rows_are_distributions():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from llava_mini.coco import read_split
+    from llava_mini.world import read_split
     from llava_mini.world import generate_world
 
     root = tmp_path_factory.mktemp("world")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llava_mini.binding import binding_questions, fit_attention_read
+from llava_mini.evaluate import binding_questions, fit_attention_read
 
 SHAPES, COLOURS = ["circle", "square", "star"], ["red", "green", "blue", "yellow"]
 

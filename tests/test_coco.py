@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_mini.coco import CocoFormatError, read_coco, read_split
+from llava_mini.world import CocoFormatError, read_coco, read_split
 from llava_mini.world import generate_world, scene_with_captions
 
 # ----------------------------------------------------------------------------- round trip

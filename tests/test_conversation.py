@@ -8,19 +8,9 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from llava_mini.conversation import (
-    IGNORE_INDEX,
-    LlavaCollator,
-    LlavaInstructDataset,
-    RecordError,
-    RecordTooLong,
-    TokenizationMismatch,
-    add_image_token,
-    build_prompt,
-    collate_prompts,
-    encode_conversation,
-    image_to_pixel_values,
-    image_token_id,
+from llava_mini.model import (
+    IGNORE_INDEX, LlavaCollator, LlavaInstructDataset, RecordError, RecordTooLong, TokenizationMismatch,
+    add_image_token, build_prompt, collate_prompts, encode_conversation, image_to_pixel_values, image_token_id,
 )
 from stand_ins import VICUNA, bpe_tokenizer, tiny_processor
 

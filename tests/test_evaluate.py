@@ -13,14 +13,14 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from llava_mini import evaluate as ev
-from llava_mini.coco import read_split
-from llava_mini.conversation import build_prompt
-from llava_mini.instruct import parse_qa_pairs
+from llava_mini.evaluate import core as ev
+from llava_mini.world import read_split
+from llava_mini.model import build_prompt
+from llava_mini.teacher import parse_qa_pairs
 from llava_mini.model import LlavaMini
-from llava_mini.prompts import build_messages, record_context
-from llava_mini.symbolic import context_text
-from llava_mini.teachers import SymbolicTeacher, TeacherError
+from llava_mini.teacher import build_messages, record_context
+from llava_mini.world import context_text
+from llava_mini.teacher import SymbolicTeacher, TeacherError
 from llava_mini.world import COLORS, SHAPES, generate_world, relation, scene_for
 from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 
@@ -162,7 +162,7 @@ def test_phrasings_are_not_copies_of_the_teachers(records, questions):
     assert len(taught) > 150
     assert not taught & {q.question for q in questions}
     # ... but the kinds are ones the teacher asks about
-    from llava_mini.instruct import question_kind
+    from llava_mini.teacher import question_kind
 
     assert {question_kind(q) for q in taught} >= {"colour", "shape", "count", "relation", "existence"}
 

@@ -5,24 +5,15 @@ import random
 
 import pytest
 
-from llava_mini.coco import read_split
-from llava_mini.instruct import (
-    IMAGE_TOKEN,
-    ResponseCache,
-    ResponseRejected,
-    caption_records,
-    check_record,
-    course_instruct_data,
-    generate_instruct_data,
-    make_record,
-    naive_text,
-    parse_qa_pairs,
-    read_records,
-    record_type,
-    validate_response,
+from llava_mini.world import read_split
+from llava_mini.teacher import (
+    IMAGE_TOKEN, ResponseCache, ResponseRejected, caption_records, check_record, generate_instruct_data,
+    make_record, naive_text, parse_qa_pairs, read_records, record_type, validate_response,
 )
-from llava_mini.prompts import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, response_type_of
-from llava_mini.teachers import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, format_qa
+from llava_mini.course import course_instruct_data
+from llava_mini.teacher.prompts import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS
+from llava_mini.teacher import response_type_of
+from llava_mini.teacher import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, format_qa
 from llava_mini.world import generate_world
 
 GOOD = "Question:\nWhat colour is the star?\n===\nAnswer:\nThe star is blue.\n===\nQuestion:\nHow many shapes?\n===\nAnswer:\nThree.\n==="
@@ -247,7 +238,7 @@ def test_course_data_is_reused(tmp_path, world):
 
 
 def test_an_image_without_captions_is_counted_not_fatal(records):
-    from llava_mini.coco import ImageRecord
+    from llava_mini.world import ImageRecord
 
     blank = ImageRecord(999, "blank.png", 64, 64)
     result = generate_instruct_data([blank, records[0]], progress=False)

@@ -12,7 +12,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from llava_mini.conversation import build_prompt, encode_conversation, image_to_pixel_values
+from llava_mini.model import build_prompt, encode_conversation, image_to_pixel_values
 from llava_mini.model import LlavaMini, build, load_vision_tower
 from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
 

@@ -14,14 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from llava_mini.coco import read_split
-from llava_mini.instruct import ResponseCache, generate_instruct_data
-from llava_mini.teachers import (
-    OpenAITeacher,
-    SymbolicTeacher,
-    TeacherBudgetExhausted,
-    TeacherFatalError,
-    teacher_from_env,
+from llava_mini.world import read_split
+from llava_mini.teacher import ResponseCache, generate_instruct_data
+from llava_mini.teacher import (
+    OpenAITeacher, SymbolicTeacher, TeacherBudgetExhausted, TeacherFatalError, teacher_from_env,
 )
 from llava_mini.world import generate_world
 
@@ -206,9 +202,9 @@ def test_environment_configuration(monkeypatch):
 
 RUN_SCRIPT = """
 import sys
-from llava_mini.coco import read_split
-from llava_mini.instruct import generate_instruct_data
-from llava_mini.teachers import OpenAITeacher
+from llava_mini.world import read_split
+from llava_mini.teacher import generate_instruct_data
+from llava_mini.teacher import OpenAITeacher
 records = read_split(sys.argv[1], "train").records
 t = OpenAITeacher(timeout=5, backoff=0.01)  # url, model and key from the environment
 generate_instruct_data(records, t, cache_file=sys.argv[2], out_file=sys.argv[3], progress=False)

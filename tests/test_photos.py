@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llava_mini import photos
-from llava_mini.coco import read_coco
+from llava_mini.world import photos
+from llava_mini.world import read_coco
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,12 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from llava_mini import presets
-from llava_mini.conversation import LlavaCollator, LlavaInstructDataset, encode_conversation
+from llava_mini import config as presets
+from llava_mini import course
+from llava_mini.model import LlavaCollator, LlavaInstructDataset, encode_conversation
 from llava_mini.paths import DATA_DIR
-from llava_mini.presets import VICUNA_TEMPLATE, ModelShape, estimate_memory, get_preset, load_base, load_processors
+from llava_mini.config import VICUNA_TEMPLATE, ModelShape, estimate_memory, get_preset
+from llava_mini.course import load_base, load_processors
 from llava_mini.train import add_lora, train
 from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, one_thread, tiny_processor, write_records  # noqa: F401
 
@@ -181,7 +183,7 @@ def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
 def test_course_data_follows_the_presets_world_size(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
     sizes = {"train": 9, "val": 2, "test": 3}
-    data = presets.training_data(get_preset("tiny", world_sizes=sizes))
+    data = course.training_data(get_preset("tiny", world_sizes=sizes))
     assert len(list(data["images"].glob("*.png"))) == 9
     assert len({r["image"] for r in json.loads(data["instruct"].read_text())}) == 9
 
@@ -189,17 +191,17 @@ def test_course_data_follows_the_presets_world_size(tmp_path, monkeypatch):
 def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="coco_llava_instruct_train.json"):
-        presets.training_data("colab")
+        course.training_data("colab")
     preset = get_preset("colab")
     for relative in (preset.stage1_file, preset.instruct_file):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("[]")
     (tmp_path / preset.image_folder).mkdir(parents=True)
-    assert presets.training_data("colab")["images"] == tmp_path / "coco" / "train2017"
+    assert course.training_data("colab")["images"] == tmp_path / "coco" / "train2017"
 
 
 def test_cli_trains_a_preset(standins, tmp_path, monkeypatch, capsys):
-    from llava_mini.train import main
+    from llava_mini.train.__main__ import main
 
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path / "work"))
     preset = replace(get_preset("colab", vision=str(standins["clip"]), lm=str(standins["qwen"]), shape=STANDIN_SHAPE),

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from llava_mini.coco import ImageRecord, ObjectAnnotation, read_split  # noqa: E402
-from llava_mini.symbolic import box_line, context_text, draw_boxes, normalized_box  # noqa: E402
+from llava_mini.world import ImageRecord, ObjectAnnotation, read_split  # noqa: E402
+from llava_mini.world import box_line, context_text, draw_boxes, normalized_box  # noqa: E402
 from llava_mini.world import generate_world  # noqa: E402
 
 

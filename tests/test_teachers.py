@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from llava_mini import world as W
-from llava_mini.coco import read_split
-from llava_mini.instruct import ResponseRejected, generate_instruct_data, parse_qa_pairs, validate_response
-from llava_mini.prompts import build_messages, load_seeds, record_context
-from llava_mini.teachers import SymbolicTeacher, TeacherFatalError, read_context
+from llava_mini.world import shapes as W
+from llava_mini.world import read_split
+from llava_mini.teacher import ResponseRejected, generate_instruct_data, parse_qa_pairs, validate_response
+from llava_mini.teacher import build_messages, load_seeds, record_context
+from llava_mini.teacher import SymbolicTeacher, TeacherFatalError, read_context
 
 N_IMAGES = 250
 COLOURS = tuple(W.COLORS)
@@ -321,7 +321,7 @@ def test_real_photos_degrade_gracefully(response_type):
 
 
 def test_real_photos_in_a_run_never_kill_it(dataset):
-    from llava_mini.coco import ImageRecord, ObjectAnnotation
+    from llava_mini.world import ImageRecord, ObjectAnnotation
 
     photo = ImageRecord(99, "astronaut.png", 512, 512, captions=["A smiling astronaut poses for a portrait."],
                         objects=[ObjectAnnotation("person", (20, 10, 340, 500))])
@@ -337,7 +337,7 @@ def test_transformers_teacher_with_a_tiny_local_model(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from llava_mini.teachers import TransformersTeacher
+    from llava_mini.teacher import TransformersTeacher
 
     words = ["<pad>", "<s>", "</s>", "<unk>", "system", "user", "assistant", ":", "question", "answer", "red",
              "circle", "the", "is", "a", "?", ".", "what", "colour", "==="]
@@ -361,7 +361,7 @@ def test_transformers_teacher_with_a_tiny_local_model(tmp_path):
     assert isinstance(text, str) and text == teacher.complete(messages)  # greedy: reproducible
     assert str(tmp_path / "tiny") in teacher.identity
     # Its babble goes through the same runner: counted as rejected or kept, never a crash.
-    from llava_mini.coco import ImageRecord
+    from llava_mini.world import ImageRecord
 
     rec = ImageRecord(1, "1.png", 64, 64, captions=["a red circle ."])
     result = generate_instruct_data([rec], teacher, types=["conversation", "detail"], n_shots=0, progress=False)

@@ -16,24 +16,15 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
-from llava_mini.conversation import LlavaCollator, LlavaInstructDataset
+from llava_mini.model import LlavaCollator, LlavaInstructDataset
 from llava_mini.model import build
 from llava_mini.train import (
-    StepSampler,
-    TrainConfig,
-    _parse_value,
-    add_lora,
-    freeze_for_stage1,
-    file_fingerprint,
-    load_checkpoint,
-    merge_lora,
-    plot_loss,
-    qlora_quantization_config,
-    repeat_types,
-    resolve_precision,
-    train,
-    trainable_parameters,
+    StepSampler, add_lora, freeze_for_stage1, load_checkpoint, merge_lora, plot_loss,
+    qlora_quantization_config, resolve_precision, train, trainable_parameters,
 )
+from llava_mini.config import TrainConfig
+from llava_mini.train.__main__ import _parse_value
+from llava_mini.course import file_fingerprint, repeat_types
 from stand_ins import (COLOURS, IMAGE_SIZE, PATCH, SHAPES, VICUNA, bpe_tokenizer, one_thread, tiny_llama,  # noqa: F401
                        tiny_processor, tiny_vision, write_records)
 
@@ -230,9 +221,9 @@ def test_sampler_splits_the_same_global_batches_across_processes_and_accumulatio
 WORKER = textwrap.dedent("""
     import json, sys, torch
     from transformers import AutoTokenizer, CLIPImageProcessor
-    from llava_mini.conversation import LlavaCollator, LlavaInstructDataset
-    from llava_mini.model import build
-    from llava_mini.train import TrainConfig, add_lora, train
+    from llava_mini.config import TrainConfig
+    from llava_mini.model import LlavaCollator, LlavaInstructDataset, build
+    from llava_mini.train import add_lora, train
     vision, lm, records, images, out = sys.argv[1:6]
     tokenizer = AutoTokenizer.from_pretrained(lm)
     torch.manual_seed(0)
@@ -329,7 +320,7 @@ def test_plot_loss_writes_a_figure(tmp_path):
 
 def test_course_model_trains_once_then_loads(setup, tmp_path, monkeypatch):
     """course_model("lora") builds stage 1 first, then stage 2 from its projector; a second call loads."""
-    from llava_mini import presets
+    from llava_mini import config as presets
 
     work = tmp_path / "work"
     monkeypatch.setenv("LLAVA_MINI_WORK", str(work))
@@ -341,7 +332,7 @@ def test_course_model_trains_once_then_loads(setup, tmp_path, monkeypatch):
                                      stage1_file="data/records.json", instruct_file="data/records.json",
                                      image_folder=str(setup["images"]), max_length=128, stages=stages)
     monkeypatch.setitem(presets.PRESETS, "tiny", test_preset)
-    from llava_mini.train import course_model
+    from llava_mini.course import course_model
 
     model, tokenizer, processor = course_model("lora", progress=False)
     checkpoints = work / "checkpoints"

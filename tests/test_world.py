@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llava_mini import world
-from llava_mini.coco import read_split
+from llava_mini.world import shapes as world
+from llava_mini.world import read_split
 from llava_mini.world import WorldConfig, generate_world, image_id_for, scene_with_captions
 
 SIZES = {"train": 40, "val": 10, "test": 10}

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .prompts import response_type_of
+from llava_mini.teacher.prompts import response_type_of
 
 # ----------------------------------------------------------------------------- the interface
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .prompts import (
+from llava_mini.teacher.prompts import (
     BRIEF_INSTRUCTIONS,
     DETAILED_INSTRUCTIONS,
     RESPONSE_TYPES,
@@ -40,7 +40,7 @@ from .prompts import (
     prompt_fingerprint,
     record_context,
 )
-from .teachers import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, TeacherFatalError
+from llava_mini.teacher.teachers import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, TeacherFatalError
 
 IMAGE_TOKEN = "<image>"
 STOP = "<STOP>"
@@ -518,67 +518,8 @@ def summarize(records: list[dict], stage1: list[dict] | None = None) -> dict:
 # ============================================================================= the course's data
 
 
-def _course_fingerprint(teacher: Teacher, types, seed: int, split: str, world_root: Path) -> str:
-    stamp = {
-        "teacher": teacher.identity, "types": list(types), "seed": seed, "split": split,
-        "prompts": SYSTEM_MESSAGES, "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS],
-        "seeds": {t: load_seeds(t) for t in types},
-        "world": json.loads((world_root / "world.json").read_text()) if (world_root / "world.json").exists() else None,
-        "format": 1,
-    }
-    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def course_instruct_data(
-    seed: int = 0,
-    split: str = "train",
-    types: Iterable[str] = RESPONSE_TYPES,
-    teacher: Teacher | None = None,
-    world_root: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    force: bool = False,
-    progress: bool = True,
-    world_sizes: dict[str, int] | None = None,
-) -> dict[str, Path]:
-    """The course's instruction data for one split of the shapes world, generated once and then reused.
-
-    Returns {"instruct": LLaVA-Instruct JSON (conversation + detail + complex records),
-             "stage1": caption JSON (one record per caption), "summary": summary JSON,
-             "images": the split's image folder (what each record's "image" is relative to)}.
-    Files live under work_dir()/"instruct" (or `out_dir`); they are reused when the world, seed, teacher,
-    prompts and seeds are unchanged, and regenerated otherwise (the response cache keeps that cheap).
-    The world is `world_root`, or the shared course world (`course_world(seed, world_sizes)`, made if missing).
-    """
-    from .coco import read_split
-    from .paths import work_dir
-    from .world import course_world
-
-    teacher = teacher or SymbolicTeacher(seed)
-    types = tuple(types)
-    world_root = Path(world_root) if world_root else course_world(seed=seed, sizes=world_sizes)
-    out_dir = Path(out_dir) if out_dir else work_dir() / "instruct"
-    paths = {
-        "instruct": out_dir / f"llava_instruct_{split}.json",
-        "stage1": out_dir / f"stage1_captions_{split}.json",
-        "summary": out_dir / f"summary_{split}.json",
-        "images": world_root / "images" / split,
-    }
-    stamp_file = out_dir / f"stamp_{split}.json"
-    fingerprint = _course_fingerprint(teacher, types, seed, split, world_root)
-    fresh = (not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("fingerprint") == fingerprint
-             and all(paths[k].exists() for k in ("instruct", "stage1", "summary")))
-    if fresh:
-        return paths
-    dataset = read_split(world_root, split)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
-    result = generate_instruct_data(
-        dataset.records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
-        summary_file=paths["summary"], cache_file=out_dir / "cache" / f"{slug}.jsonl", types=types, seed=seed,
-        progress=progress,
-    )
-    if result.summary["missing"] == 0:
-        stamp_file.write_text(json.dumps({"fingerprint": fingerprint}))
-    return paths
 
 
 # ============================================================================= looking at the data

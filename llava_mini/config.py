@@ -16,14 +16,72 @@ Everything downstream takes a preset: ``load_processors`` (tokenizer with a chat
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-import torch
+from llava_mini.paths import DATA_DIR
 
-from .paths import DATA_DIR, work_dir
-from .train import TrainConfig, compute_dtype, qlora_quantization_config, resolve_precision
 
 GIB = 1024 ** 3
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs besides the model and the data.
+
+    batch_size is the *global* batch of one optimizer step (what the paper quotes: 128 / 256 / 32).
+    Each process runs micro-batches of ``micro_batch_size`` and accumulates gradients over
+    ``batch_size / (micro_batch_size x processes)`` of them.
+    """
+
+    stage: int = 1                        # 1: projector only; 2: LoRA adapters + projector
+    output_dir: str = "checkpoints/run"
+    max_steps: int = 100                  # optimizer steps
+    batch_size: int = 16                  # examples per optimizer step, all processes together
+    micro_batch_size: int | None = None   # examples per forward pass per process (None: no accumulation)
+    lr: float = 1e-3                      # stage 1: projector; stage 2: LoRA adapters
+    projector_lr: float | None = None     # stage 2: the projector's own learning rate (None: lr)
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0             # LLaVA uses none
+    max_grad_norm: float | None = 1.0
+    # LoRA (stage 2): adapters on every linear layer of the LM unless lora_targets says otherwise
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str | list[str] = "all-linear"   # peft's "all-linear" skips the output layer (lm_head)
+    qlora: bool = False                   # the LM was loaded in 4-bit (see qlora_quantization_config)
+    gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
+    precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
+    group_by_length: bool = True          # batch examples of similar length together (less padding)
+    # Stage-2 data: how often each record of a response type appears in the stream ({"conversation": 3};
+    # types not named: once, 0 drops a type). Used by course_model; train() takes the dataset as given.
+    type_repeats: dict[str, int] | None = None
+    save_every: int | None = None         # step checkpoints (with optimizer state) every N steps
+    keep_checkpoints: int | None = 2      # keep only the newest N step checkpoints (None: all)
+    seed: int = 0
+    num_workers: int = 0                  # DataLoader workers
+    progress: bool = True                 # tqdm bar
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.qlora and self.stage != 2:
+            raise ValueError("qlora applies to stage 2 (stage 1 trains only the projector)")
+
+    def accumulation_steps(self, num_processes: int = 1) -> int:
+        """Micro-batches per optimizer step on each process."""
+        micro = self.micro_batch_size or max(1, self.batch_size // num_processes)
+        if self.batch_size % (micro * num_processes):
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {micro} x {num_processes} processes"
+            )
+        return self.batch_size // (micro * num_processes)
+
+    def micro_batch(self, num_processes: int = 1) -> int:
+        return self.batch_size // (self.accumulation_steps(num_processes) * num_processes)
+
 
 # Vicuna v1.1+ conversation format (lmsys/vicuna-7b-v1.5 ships no chat template): the system line,
 # then "USER: ... ASSISTANT: ...</s>" turns, as LLaVA v1.5's "v1" conversation template writes them.
@@ -212,68 +270,10 @@ def get_preset(preset: str | Preset = "tiny", **changes) -> Preset:
 # ============================================================================ loading
 
 
-def load_processors(preset: str | Preset = "tiny"):
-    """(tokenizer, image_processor) for a preset: the tokenizer gets a chat template (if it has none),
-    a pad token (if it has none) and a single ``<image>`` token (hub tokenizers lack it; the model
-    never embeds its id, so the LM needs no new embedding row)."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    from .conversation import add_image_token
-
-    preset = get_preset(preset)
-    tokenizer = AutoTokenizer.from_pretrained(preset.tokenizer or preset.lm)
-    if not getattr(tokenizer, "chat_template", None):
-        if preset.chat_template is None:
-            raise ValueError(f"the tokenizer of {preset.lm!r} has no chat template and preset {preset.name!r} gives none")
-        tokenizer.chat_template = preset.chat_template
-    if tokenizer.pad_token is None:  # Llama / Vicuna: LLaVA pads with unk
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    add_image_token(tokenizer)
-    image_processor = AutoImageProcessor.from_pretrained(preset.vision)
-    return tokenizer, image_processor
 
 
-def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: str = "auto",
-              device: str | torch.device | None = None):
-    """A LlavaMini of the preset's two towers with a fresh fp32 projector.
-
-    Frozen weights in the training precision (fp32 on the CPU, bf16 / fp16 on a GPU); with ``qlora``
-    the LM's linear layers in 4-bit NF4 with double quantization (vision tower and projector are not
-    quantized). On a GPU the model is loaded straight onto it (4-bit weights are quantized there).
-    """
-    from .conversation import image_token_id
-    from .model import build
-
-    preset = get_preset(preset)
-    precision = resolve_precision(precision)
-    if device is None and torch.cuda.is_available():
-        device = "cuda"
-    return build(
-        preset.vision, preset.lm,
-        projector_type=preset.projector_type,
-        image_token_id=image_token_id(tokenizer),
-        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
-        quantization_config=qlora_quantization_config(precision) if qlora else None,
-        projector_dtype=torch.float32,
-        device=device,
-    )
 
 
-def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
-    """{"stage1": caption records, "instruct": instruction records, "images": their image folder}."""
-    preset = get_preset(preset)
-    if preset.data == "course":
-        from .instruct import course_instruct_data
-
-        paths = course_instruct_data(progress=False, world_sizes=preset.world_sizes)
-        return {"stage1": paths["stage1"], "instruct": paths["instruct"], "images": paths["images"]}
-    root = work_dir()
-    paths = {"stage1": root / preset.stage1_file, "instruct": root / preset.instruct_file,
-             "images": root / preset.image_folder}
-    missing = [f"{k}: {v}" for k, v in paths.items() if not v.exists()]
-    if missing:
-        raise FileNotFoundError(f"preset {preset.name!r} needs its data under {root}; missing " + "; ".join(missing))
-    return paths
 
 
 # ============================================================================ memory

@@ -33,7 +33,6 @@ Checkpoints (``output_dir/step-000100/`` every ``save_every`` steps, ``output_di
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -41,7 +40,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,71 +48,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
 
-from .model import CONFIG_NAME, IGNORE_INDEX, PROJECTOR_WEIGHTS, LlavaMini, build
+from llava_mini.config import PRECISIONS, TrainConfig
+from llava_mini.model.llava import CONFIG_NAME, IGNORE_INDEX, PROJECTOR_WEIGHTS, LlavaMini, build
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STAGES = ("stage1", "lora", "qlora")  # the course's three checkpoints
 
 
 # ============================================================================ configuration
 
 
-@dataclass
-class TrainConfig:
-    """Everything one training run needs besides the model and the data.
-
-    batch_size is the *global* batch of one optimizer step (what the paper quotes: 128 / 256 / 32).
-    Each process runs micro-batches of ``micro_batch_size`` and accumulates gradients over
-    ``batch_size / (micro_batch_size x processes)`` of them.
-    """
-
-    stage: int = 1                        # 1: projector only; 2: LoRA adapters + projector
-    output_dir: str = "checkpoints/run"
-    max_steps: int = 100                  # optimizer steps
-    batch_size: int = 16                  # examples per optimizer step, all processes together
-    micro_batch_size: int | None = None   # examples per forward pass per process (None: no accumulation)
-    lr: float = 1e-3                      # stage 1: projector; stage 2: LoRA adapters
-    projector_lr: float | None = None     # stage 2: the projector's own learning rate (None: lr)
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0             # LLaVA uses none
-    max_grad_norm: float | None = 1.0
-    # LoRA (stage 2): adapters on every linear layer of the LM unless lora_targets says otherwise
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: str | list[str] = "all-linear"   # peft's "all-linear" skips the output layer (lm_head)
-    qlora: bool = False                   # the LM was loaded in 4-bit (see qlora_quantization_config)
-    gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
-    precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
-    group_by_length: bool = True          # batch examples of similar length together (less padding)
-    # Stage-2 data: how often each record of a response type appears in the stream ({"conversation": 3};
-    # types not named: once, 0 drops a type). Used by course_model; train() takes the dataset as given.
-    type_repeats: dict[str, int] | None = None
-    save_every: int | None = None         # step checkpoints (with optimizer state) every N steps
-    keep_checkpoints: int | None = 2      # keep only the newest N step checkpoints (None: all)
-    seed: int = 0
-    num_workers: int = 0                  # DataLoader workers
-    progress: bool = True                 # tqdm bar
-
-    def __post_init__(self):
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.qlora and self.stage != 2:
-            raise ValueError("qlora applies to stage 2 (stage 1 trains only the projector)")
-
-    def accumulation_steps(self, num_processes: int = 1) -> int:
-        """Micro-batches per optimizer step on each process."""
-        micro = self.micro_batch_size or max(1, self.batch_size // num_processes)
-        if self.batch_size % (micro * num_processes):
-            raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {micro} x {num_processes} processes"
-            )
-        return self.batch_size // (micro * num_processes)
-
-    def micro_batch(self, num_processes: int = 1) -> int:
-        return self.batch_size // (self.accumulation_steps(num_processes) * num_processes)
 
 
 @dataclass
@@ -668,189 +610,14 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str | 
 # ============================================================================ the course's checkpoints
 
 
-def repeat_types(records: list[dict], repeats: dict[str, int] | None) -> list[dict]:
-    """Each record as often as ``repeats`` says for its response type (instruct.record_type; default 1)."""
-    from .instruct import record_type
-
-    if not repeats:
-        return records
-    found = {record_type(r) for r in records}
-    unknown = set(repeats) - found
-    if unknown:
-        raise ValueError(f"type_repeats names {sorted(unknown)}, but the records have types {sorted(found)}")
-    if any(not isinstance(k, int) or k < 0 for k in repeats.values()):
-        raise ValueError(f"type_repeats must be whole numbers >= 0, got {repeats}")
-    return [r for r in records for _ in range(repeats.get(record_type(r), 1))]
 
 
-def _subsample(records: list[dict], n: int, seed: int) -> list[dict]:
-    """n records in a seeded random order (tokenizing all 32K course records would take ~20 s)."""
-    order = np.random.default_rng(seed).permutation(len(records))[:n]
-    return [records[i] for i in order]
 
 
-def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = False, progress: bool = True,
-                 **overrides):
-    """The course's trained model for ``stage`` ("stage1", "lora" or "qlora"), trained once, then reused.
-
-    Loads ``work_dir()/"checkpoints"/<stage>/final`` when it is there (and ``retrain`` is False);
-    otherwise trains it: stage 1 from the preset's backbones, stage 2 from the stage-1 projector (which
-    is itself loaded or trained first). ``overrides`` change the preset's TrainConfig for this stage
-    (max_steps=..., batch_size=...): a changed config retrains instead of loading a stale checkpoint.
-
-    Returns (model, tokenizer, image_processor), the model in eval mode.
-    """
-    from .conversation import LlavaCollator, LlavaInstructDataset, load_records
-    from .paths import work_dir
-    from .presets import estimate_memory, get_preset, load_base, load_processors, training_data
-
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    spec = get_preset(preset)
-    cfg = spec.train_config(stage, **overrides)
-    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
-    cfg.output_dir = str(work_dir() / "checkpoints" / name)
-    cfg.progress = progress
-    final = Path(cfg.output_dir) / "final"
-    tokenizer, image_processor = load_processors(spec)
-    data = training_data(spec)
-    records_file = data["stage1"] if stage == "stage1" else data["instruct"]
-    data_id = file_fingerprint(records_file)
-
-    if final.exists() and not retrain and _same_config(final, cfg, backbone_fingerprint(spec.vision, spec.lm), data_id):
-        model = load_checkpoint(final, vision=spec.vision, lm=spec.lm, precision=cfg.precision)
-        return model, tokenizer, image_processor
-
-    if progress:
-        print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), precision=resolve_precision(cfg.precision)))
-    torch.manual_seed(cfg.seed)
-    if stage == "stage1":
-        model = load_base(spec, tokenizer, precision=cfg.precision)
-        freeze_for_stage1(model)
-    else:
-        stage1_model, _, _ = course_model("stage1", preset, progress=progress)
-        model = load_base(spec, tokenizer, qlora=stage == "qlora", precision=cfg.precision)
-        model.projector.load_state_dict(stage1_model.projector.state_dict())
-        del stage1_model
-        add_lora(model, cfg)
-    records = repeat_types(load_records(records_file), cfg.type_repeats if stage != "stage1" else None)
-    records = _subsample(records, int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size, cfg.seed)
-    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
-                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
-    collator = LlavaCollator(tokenizer.pad_token_id)
-    train(model, dataset, collator, cfg)
-    run_file = final / "run.json"  # which records it learned from: other data (a bigger world) retrains
-    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "data": data_id}, indent=2))
-    return model.eval(), tokenizer, image_processor
 
 
-def file_fingerprint(path: str | Path) -> str:
-    """A hash of a file's bytes (the training records a checkpoint was trained on)."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _same_config(checkpoint: Path, cfg: TrainConfig, backbones: str | None = None, data: str | None = None) -> bool:
-    """Was this checkpoint trained with cfg on these backbones and this data (ignoring where it was written
-    and whether a bar was shown)?"""
-    try:
-        run = json.loads((checkpoint / "run.json").read_text())
-        saved = run["train_config"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        return False
-    if backbones is not None and run.get("backbones") != backbones:
-        return False
-    if data is not None and run.get("data") != data:
-        return False
-    ignore = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
-    current = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ignore}
-    return all(saved.get(k) == v for k, v in current.items())
 
 
 # ============================================================================ command line
-
-
-def main(argv=None) -> None:
-    """``python -m llava_mini.train --preset tiny --stage 1|2 [--qlora]`` (also under torchrun / accelerate launch)."""
-    from .conversation import LlavaCollator, LlavaInstructDataset, load_records
-    from .presets import estimate_memory, get_preset, load_base, load_processors, training_data
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    parser.add_argument("--qlora", action="store_true", help="stage 2: LM in 4-bit NF4 (QLoRA)")
-    parser.add_argument("--projector-from", help="stage 2: a stage-1 checkpoint folder (its projector)")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--resume", help="a step checkpoint folder, or 'latest'")
-    parser.add_argument("--max-records", type=int, help="use only this many training records")
-    for f in fields(TrainConfig):  # every TrainConfig field can be overridden: --max-steps 50 --lr 2e-4 ...
-        if f.name in ("stage", "qlora", "output_dir"):
-            continue
-        parser.add_argument("--" + f.name.replace("_", "-"), type=_parse_value, dest=f.name, default=None,
-                            help=f"TrainConfig.{f.name} (preset's value by default)")
-    args = parser.parse_args(argv)
-
-    spec = get_preset(args.preset)
-    stage = "stage1" if args.stage == 1 else ("qlora" if args.qlora else "lora")
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if f.name not in ("stage", "qlora", "output_dir") and getattr(args, f.name, None) is not None}
-    cfg = spec.train_config(stage, **overrides)
-    cfg.output_dir = args.output_dir or str(Path("checkpoints") / f"{spec.name}-{stage}")
-    print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), gradient_checkpointing=cfg.gradient_checkpointing))
-
-    tokenizer, image_processor = load_processors(spec)
-    model = load_base(spec, tokenizer, qlora=cfg.qlora, precision=cfg.precision)
-    if cfg.stage == 1:
-        freeze_for_stage1(model)
-    else:
-        if args.projector_from:
-            model.projector.load_state_dict(load_file(Path(args.projector_from) / PROJECTOR_WEIGHTS))
-        add_lora(model, cfg)
-    print({k: f"{v:,}" for k, v in trainable_parameters(model).items()})
-    data = training_data(spec)
-    records = load_records(data["stage1" if cfg.stage == 1 else "instruct"])
-    if cfg.stage == 2:
-        records = repeat_types(records, cfg.type_repeats)
-    if args.max_records:
-        records = _subsample(records, args.max_records, cfg.seed)
-    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
-                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
-    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=args.resume)
-    plot_loss(result.history, Path(cfg.output_dir) / "loss.png", title=f"{spec.name} {stage}")
-    print(f"final loss {result.history[-1]['loss']:.4f}; checkpoint: {result.checkpoint_dir}")
-
-
-def _parse_value(text: str):
-    """CLI values: ints, floats, booleans, None, JSON objects/lists ('{"conversation": 3}'), else the string."""
-    if text.lstrip().startswith(("{", "[")):
-        return json.loads(text)
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def course_history(stage: str = "stage1", preset: str = "tiny") -> list[dict]:
-    """The per-step loss history of a course checkpoint that ``course_model`` trained."""
-    from .paths import work_dir
-    from .presets import get_preset
-
-    spec = get_preset(preset)
-    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
-    path = work_dir() / "checkpoints" / name / "final" / "history.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no history; train the checkpoint first with course_model({stage!r})")
-    return json.loads(path.read_text())
-
-
-if __name__ == "__main__":
-    main()
-

@@ -26,7 +26,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .paths import DATA_DIR
+from llava_mini.paths import DATA_DIR
 
 RESPONSE_TYPES = ("conversation", "detail", "complex")
 SEEDS_DIR = DATA_DIR / "seeds"
@@ -174,7 +174,7 @@ def build_messages(
 def record_context(record, response_type: str) -> str:
     """The symbolic context the teacher gets for `record` (a coco.ImageRecord): captions only for
     conversations, captions + boxes for the other two types."""
-    from .symbolic import context_text
+    from llava_mini.world.symbolic import context_text
 
     _check_type(response_type)
     return context_text(record, boxes=USES_BOXES[response_type])

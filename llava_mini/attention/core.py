@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from .conversation import (
+from llava_mini.model.conversation import (
     IGNORE_INDEX,
     build_prompt,
     collate_prompts,
@@ -413,7 +413,7 @@ def grounding_questions(records, n: int = 150, seed: int = 0, kinds: Sequence[st
     (colour and shape) and look that object up. Counting, relation and existence questions are about
     several objects or none, so "the box" would not be defined.
     """
-    from .evaluate import make_questions
+    from llava_mini.evaluate.core import make_questions
 
     records = list(records)
     by_id = {r.image_id: r for r in records}
@@ -433,7 +433,7 @@ def grounding_questions(records, n: int = 150, seed: int = 0, kinds: Sequence[st
 
 def default_matcher(kind: str, answer: str, expected: str) -> bool:
     """Notebook 04's answer matching (the first colour / shape word the answer names must be right)."""
-    from .evaluate import is_correct
+    from llava_mini.evaluate.core import is_correct
 
     return is_correct(kind, answer, expected)
 
@@ -472,7 +472,7 @@ def answer_word_token(attention: AnswerAttention, kind: str) -> int | None:
     Uses notebook 04's term lists (``evaluate.extract_answer``); a word split into several tokens
     is found at its first piece.
     """
-    from .evaluate import extract_answer
+    from llava_mini.evaluate.core import extract_answer
 
     tokens = attention.answer_tokens
     for t in range(len(tokens)):

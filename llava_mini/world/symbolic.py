@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .coco import ImageRecord, ObjectAnnotation
+from llava_mini.world.coco import ImageRecord, ObjectAnnotation
 
 
 def normalized_box(obj: ObjectAnnotation, width: int, height: int) -> tuple[float, float, float, float]:

@@ -60,10 +60,10 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
-from .coco import ImageRecord
-from .conversation import build_prompt, collate_prompts, image_to_pixel_values, load_image, mean_colour
-from .prompts import DETAILED_INSTRUCTIONS
-from .world import COLORS, SHAPES, WorldObject, relation
+from llava_mini.world.coco import ImageRecord
+from llava_mini.model.conversation import build_prompt, collate_prompts, image_to_pixel_values, load_image, mean_colour
+from llava_mini.teacher.prompts import DETAILED_INSTRUCTIONS
+from llava_mini.world.shapes import COLORS, SHAPES, WorldObject, relation
 
 KINDS = ("colour", "shape", "count", "relation", "existence")
 
@@ -536,8 +536,8 @@ def evaluate_text_scene(
     the scene is limited by what the LM has learned, and a better vision tower alone will not lift it.
     Returns the same dict as ``evaluate_model`` (without descriptions).
     """
-    from .conversation import render_ids
-    from .symbolic import context_text
+    from llava_mini.model.conversation import render_ids
+    from llava_mini.world.symbolic import context_text
 
     by_id = {r.image_id: r for r in records}
     missing = sorted({q.image_id for q in questions} - set(by_id))
@@ -853,7 +853,7 @@ def judge_items(result: dict, records: Sequence[ImageRecord], max_per_kind: int 
     """Items for ``judge_answers`` from an ``evaluate_model`` result: up to ``max_per_kind`` answers of
     each question kind (reference: the ground-truth sentence) and of descriptions (kind "detail";
     reference: the symbolic teacher's description from the same context, as LLaVA-Bench used GPT-4's)."""
-    from .symbolic import context_text
+    from llava_mini.world.symbolic import context_text
 
     by_id = {r.image_id: r for r in records}
     rng = random.Random(f"{seed}:judge")
@@ -864,8 +864,8 @@ def judge_items(result: dict, records: Sequence[ImageRecord], max_per_kind: int 
             items.append({"kind": kind, "question": a["question"], "reference": a["reference"], "answer": a["answer"],
                           "context": context_text(by_id[a["image_id"]], boxes=True), "image_id": a["image_id"]})
     if detail_reference and result.get("description"):
-        from .prompts import build_messages
-        from .teachers import SymbolicTeacher
+        from llava_mini.teacher.prompts import build_messages
+        from llava_mini.teacher.teachers import SymbolicTeacher
 
         teacher = SymbolicTeacher(seed)
         for d in result["description"]["items"][:max_per_kind]:
@@ -885,7 +885,7 @@ def judge_answers(items: Sequence[dict], judge=None, max_items: int | None = Non
     whose first line holds no two scores is counted in "unparsed" and left out; a failed call likewise
     in "failed".
     """
-    from .teachers import TeacherError, TeacherFatalError, teacher_from_env
+    from llava_mini.teacher.teachers import TeacherError, TeacherFatalError, teacher_from_env
 
     if judge is None:
         judge = teacher_from_env()

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from .coco import CocoDataset, ImageRecord
-from .symbolic import context_text, draw_boxes
+from llava_mini.world.coco import CocoDataset, ImageRecord
+from llava_mini.world.symbolic import context_text, draw_boxes
 
 
 def world_statistics(dataset: CocoDataset | Iterable[ImageRecord]) -> dict[str, Counter]:
@@ -44,7 +44,7 @@ def plot_world_statistics(stats: dict[str, Counter], path: str | Path | None = N
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .world import COLORS, SHAPES, SIZES
+    from llava_mini.world.shapes import COLORS, SHAPES, SIZES
 
     colors = colors or COLORS
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))

@@ -443,13 +443,5 @@ def scene_for(seed: int, split: str, index: int, image_id: int | None = None, co
     return sample_scene(config or WorldConfig(), _rng(seed, split, index), image_id)
 
 
-COURSE_SIZES = {"train": 4000, "val": 300, "test": 500}
 
 
-def course_world(seed: int = 0, sizes: dict[str, int] | None = None, config: WorldConfig | None = None) -> Path:
-    """The world every notebook shares, under the work folder: generated once, then reused."""
-    from .paths import work_dir
-
-    root = work_dir() / "world"
-    generate_world(root, sizes or COURSE_SIZES, seed=seed, config=config)
-    return root

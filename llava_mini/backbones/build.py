@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .paths import DATA_DIR
-from .world import Scene, WorldConfig, make_captions, render_scene, sample_scene, _rng
+from llava_mini.paths import DATA_DIR
+from llava_mini.world.shapes import Scene, WorldConfig, make_captions, render_scene, sample_scene, _rng
 
 BACKBONES_DIR = DATA_DIR / "backbones"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -151,8 +151,8 @@ def render_pool(n: int, seed: int, config: WorldConfig, patch: int, workers: int
 def world_text_corpus(scenes: list[Scene], captions: list[list[str]], config: WorldConfig) -> list[str]:
     """World text for the tokenizer and the LM (no images): per scene, its captions as one document and
     its symbolic context (captions + boxes) as the paper's text-only teacher read it."""
-    from .coco import ImageRecord, ObjectAnnotation
-    from .symbolic import context_text
+    from llava_mini.world.coco import ImageRecord, ObjectAnnotation
+    from llava_mini.world.symbolic import context_text
 
     docs = []
     for scene, caps in zip(scenes, captions):
@@ -565,10 +565,10 @@ def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: Worl
     """
     import jinja2
 
-    from .coco import ImageRecord, ObjectAnnotation
-    from .conversation import IMAGE_TOKEN, to_messages
-    from .instruct import generate_instruct_data
-    from .symbolic import context_text
+    from llava_mini.world.coco import ImageRecord, ObjectAnnotation
+    from llava_mini.model.conversation import IMAGE_TOKEN, to_messages
+    from llava_mini.teacher.instruct import generate_instruct_data
+    from llava_mini.world.symbolic import context_text
 
     records = [ImageRecord(scene.image_id, f"{scene.image_id}.png", config.image_size, config.image_size, list(caps),
                            [ObjectAnnotation(o.category, tuple(map(float, o.bbox))) for o in scene.objects])

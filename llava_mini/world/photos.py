@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .coco import CocoDataset, read_coco
-from .paths import DATA_DIR, work_dir
+from llava_mini.world.coco import CocoDataset, read_coco
+from llava_mini.paths import DATA_DIR, work_dir
 
 ANNOTATION_DIR = DATA_DIR / "photos"
 CAPTIONS_FILE = ANNOTATION_DIR / "captions_photos.json"

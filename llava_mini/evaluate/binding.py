@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .coco import ImageRecord
+from llava_mini.world.coco import ImageRecord
 
 DIRECTIONS = {  # name -> (attribute named in the question, attribute answered)
     "colour-by-shape": ("shape", "color"),
@@ -40,9 +40,9 @@ DIRECTIONS = {  # name -> (attribute named in the question, attribute answered)
 def patch_tokens(vision_tower, image_processor, records: Sequence[ImageRecord], image_dir: str | Path,
                  layer: int = -2) -> torch.Tensor:
     """(N, P, D): the patch tokens of ``layer`` (CLS dropped) that LlavaMini's projector reads."""
-    from .backbones import patch_features
-    from .conversation import load_image
-    from .evaluate import prepare_images
+    from llava_mini.backbones.build import patch_features
+    from llava_mini.model.conversation import load_image
+    from llava_mini.evaluate.core import prepare_images
 
     images = [load_image(Path(image_dir) / r.file_name, record_id=r.image_id) for r in records]
     return patch_features(vision_tower, prepare_images(images, image_processor), layer=layer)
@@ -119,8 +119,8 @@ def fit_attention_read(train_tokens: torch.Tensor, train_q: torch.Tensor, test_t
 def binding_probe(vision_tower, image_processor, train_records: Sequence[ImageRecord], train_dir,
                   test_records: Sequence[ImageRecord], test_dir, steps: int = 500) -> dict[str, BindingResult]:
     """Both directions of DIRECTIONS on world images (records of the shapes world)."""
-    from .evaluate import scene_objects
-    from .world import COLORS, SHAPES
+    from llava_mini.evaluate.core import scene_objects
+    from llava_mini.world.shapes import COLORS, SHAPES
 
     values = {"shape": list(SHAPES), "color": list(COLORS)}
     train_tokens = patch_tokens(vision_tower, image_processor, train_records, train_dir)

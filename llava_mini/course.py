@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from llava_mini.config import Preset, TrainConfig, estimate_memory, get_preset
-from llava_mini.model.conversation import (LlavaCollator, LlavaInstructDataset, add_image_token, image_token_id,
-                                           load_records)
+from llava_mini.model.conversation import LlavaCollator, LlavaInstructDataset, add_image_token, image_token_id
+from llava_mini.teacher.records import load_records
 from llava_mini.model.llava import build
 from llava_mini.paths import work_dir
 from llava_mini.teacher.instruct import generate_instruct_data, record_type

@@ -32,7 +32,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from llava_mini.model import LlavaCollator, LlavaInstructDataset, load_records
+    from llava_mini.model import LlavaCollator, LlavaInstructDataset
+    from llava_mini.teacher import load_records
     from llava_mini.paths import work_dir
     from llava_mini.config import get_preset
     from llava_mini.course import load_base, load_processors, training_data

@@ -42,7 +42,8 @@ def main() -> int:
 
     from llava_mini import evaluate
     from llava_mini.world import read_split
-    from llava_mini.model import IMAGE_TOKEN, RecordError, encode_conversation, load_records
+    from llava_mini.teacher import IMAGE_TOKEN, RecordError, load_records
+    from llava_mini.model import encode_conversation
     from llava_mini.config import get_preset
     from llava_mini.course import load_processors, training_data
     from llava_mini.world import context_text

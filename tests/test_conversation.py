@@ -9,9 +9,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from llava_mini.model import (
-    IGNORE_INDEX, LlavaCollator, LlavaInstructDataset, RecordError, RecordTooLong, TokenizationMismatch,
-    add_image_token, build_prompt, collate_prompts, encode_conversation, image_to_pixel_values, image_token_id,
+    IGNORE_INDEX, LlavaCollator, LlavaInstructDataset, RecordTooLong, TokenizationMismatch, add_image_token,
+    build_prompt, collate_prompts, encode_conversation, image_to_pixel_values, image_token_id,
 )
+from llava_mini.teacher import RecordError
 from stand_ins import VICUNA, bpe_tokenizer, tiny_processor
 
 N_IMAGE = 16  # image tokens per image in these tests

@@ -11,7 +11,7 @@ from llava_mini.teacher import (
     make_record, naive_text, parse_qa_pairs, read_records, record_type, validate_response,
 )
 from llava_mini.course import course_instruct_data
-from llava_mini.teacher.prompts import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS
+from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS
 from llava_mini.teacher import response_type_of
 from llava_mini.teacher import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, format_qa
 from llava_mini.world import generate_world

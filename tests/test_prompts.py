@@ -7,7 +7,7 @@ import pytest
 from llava_mini.teacher import prompts
 from llava_mini.world import ImageRecord, ObjectAnnotation
 from llava_mini.teacher import validate_response
-from llava_mini.teacher.prompts import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, SYSTEM_MESSAGES
+from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, SYSTEM_MESSAGES
 from llava_mini.teacher import (
     RESPONSE_TYPES, build_messages, load_seeds, prompt_fingerprint, record_context, response_type_of,
 )

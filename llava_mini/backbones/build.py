@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 from llava_mini.paths import DATA_DIR
 from llava_mini.world.shapes import Scene, WorldConfig, make_captions, render_scene, sample_scene, _rng
+from llava_mini.teacher.records import IMAGE_TOKEN
 
 BACKBONES_DIR = DATA_DIR / "backbones"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-IMAGE_TOKEN = "<image>"
 # Vicuna-like: "USER: ... \nASSISTANT: ...</s>\n". The answer is everything after "ASSISTANT:".
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -566,7 +566,8 @@ def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: Worl
     import jinja2
 
     from llava_mini.world.coco import ImageRecord, ObjectAnnotation
-    from llava_mini.model.conversation import IMAGE_TOKEN, to_messages
+    from llava_mini.teacher.records import IMAGE_TOKEN
+    from llava_mini.model.conversation import to_messages
     from llava_mini.teacher.instruct import generate_instruct_data
     from llava_mini.world.symbolic import context_text
 

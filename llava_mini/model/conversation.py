@@ -34,7 +34,6 @@ not fit, ``RecordTooLong`` is raised (the dataset can skip such records and coun
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,21 +42,14 @@ from typing import Any, Iterable, Sequence
 import torch
 from PIL import Image
 
-IMAGE_TOKEN = "<image>"
+from llava_mini.teacher.records import IMAGE_TOKEN, ROLES, RecordError, load_records, record_id, validate_record
+
 IGNORE_INDEX = -100  # label value that cross-entropy skips
-ROLES = {"human": "user", "gpt": "assistant"}
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-class RecordError(ValueError):
-    """A record that cannot become a training example; the message names the record id."""
-
-    def __init__(self, record_id: Any, problem: str):
-        self.record_id = record_id
-        self.problem = problem
-        super().__init__(f"record {record_id!r}: {problem}")
 
 
 class TokenizationMismatch(RecordError):
@@ -71,39 +63,8 @@ class RecordTooLong(RecordError):
 # ----------------------------------------------------------------------------- records
 
 
-def _record_id(record: dict) -> Any:
-    return record.get("id", "<no id>") if isinstance(record, dict) else "<not a dict>"
 
 
-def validate_record(record: dict) -> None:
-    """Raise ``RecordError`` (naming the record id) unless the record is a well-formed LLaVA record.
-
-    Checks: a list of turns alternating human/gpt starting with human and ending with gpt, no
-    empty turn, exactly one ``<image>`` and it is in the first human turn.
-    """
-    rid = _record_id(record)
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-        raise RecordError(rid, "has no 'conversations' list")
-    turns = record["conversations"]
-    if not turns:
-        raise RecordError(rid, "has no turns")
-    for i, turn in enumerate(turns):
-        expected = "human" if i % 2 == 0 else "gpt"
-        speaker = turn.get("from") if isinstance(turn, dict) else None
-        if speaker not in ROLES:
-            raise RecordError(rid, f"turn {i} has unknown speaker {speaker!r} (expected 'human' or 'gpt')")
-        if speaker != expected:
-            raise RecordError(rid, f"turns do not alternate: turn {i} is {speaker!r}, expected {expected!r}")
-        value = turn.get("value")
-        if not isinstance(value, str) or not value.replace(IMAGE_TOKEN, "").strip():
-            raise RecordError(rid, f"turn {i} ({speaker}) is empty")
-    if len(turns) % 2:
-        raise RecordError(rid, "the last turn is a question without an answer (turns must end with 'gpt')")
-    counts = [turn["value"].count(IMAGE_TOKEN) for turn in turns]
-    if sum(counts) != 1:
-        raise RecordError(rid, f"must contain {IMAGE_TOKEN} exactly once, found {sum(counts)}")
-    if counts[0] != 1:
-        raise RecordError(rid, f"{IMAGE_TOKEN} must be in the first human turn")
 
 
 def to_messages(record: dict, system_prompt: str | None = None) -> list[dict[str, str]]:
@@ -114,13 +75,6 @@ def to_messages(record: dict, system_prompt: str | None = None) -> list[dict[str
     return messages
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Read a LLaVA-Instruct JSON file (a list of records)."""
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of records")
-    return records
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -208,7 +162,7 @@ def encode_conversation(
         RecordError (bad record), TokenizationMismatch (the template is not prefix-stable),
         RecordTooLong — each naming the record id.
     """
-    rid = _record_id(record)
+    rid = record_id(record)
     messages = to_messages(record, system_prompt)
     image_id = image_token_id(tokenizer, image_token)
     full_ids = render_ids(tokenizer, messages, add_generation_prompt=False)
@@ -390,10 +344,10 @@ class LlavaInstructDataset(torch.utils.data.Dataset):
         for record in records:
             try:
                 if not record.get("image"):
-                    raise RecordError(_record_id(record), "has no 'image' file name")
+                    raise RecordError(record_id(record), "has no 'image' file name")
                 encoded = encode_conversation(record, tokenizer, num_image_tokens, max_length, system_prompt)
                 if check_images:
-                    load_image(self.image_folder / record["image"], _record_id(record))
+                    load_image(self.image_folder / record["image"], record_id(record))
             except RecordError as error:
                 if not skip_invalid:
                     raise
@@ -412,7 +366,7 @@ class LlavaInstructDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record, encoded = self.examples[index]
-        image = load_image(self.image_folder / record["image"], _record_id(record))
+        image = load_image(self.image_folder / record["image"], record_id(record))
         return {
             "id": record.get("id"),
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),

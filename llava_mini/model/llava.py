@@ -206,26 +206,29 @@ class LlavaMini(nn.Module):
 
     def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings with the image tokens spliced in. -> inputs_embeds (B, T, D_text).
+        ``pixel_values`` (B_img, 3, H, W): one image per block of N image tokens, in order."""
+        return self.splice(input_ids, None if pixel_values is None else self.encode_images(pixel_values))
 
-        ``input_ids`` (B, T) hold N image-token ids per image, in order; ``pixel_values`` (B_img, 3, H, W)
-        one image per block of N (B_img == B for LLaVA records). The image-token positions get the
-        projected patch features row by row (``masked_scatter``, as transformers' LLaVA does).
+    def splice(self, input_ids: torch.LongTensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """LLaVA's central step: put the projected patch tokens where the image tokens are.
+
+        input_ids (B, T) hold N image-token ids per image; image_embeds (B_img, N, D_text) -> (B, T, D_text).
+        The image-token positions get the features row by row (``masked_scatter``, as transformers' LLaVA).
         """
         image_mask = input_ids == self.config.image_token_id  # (B, T)
         # The image token's own embedding row is never used; embedding id 0 there means the image
         # token needs no trained row (or even a row: hub tokenizers add it past the vocabulary).
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
         n_image_tokens = int(image_mask.sum())
-        if pixel_values is None:
+        if image_embeds is None:
             if n_image_tokens:
                 raise ValueError(f"input_ids hold {n_image_tokens} image tokens but no pixel_values were given")
             return inputs_embeds
-        image_embeds = self.encode_images(pixel_values)  # (B_img, N, D_text)
         if n_image_tokens != image_embeds.shape[0] * image_embeds.shape[1]:
             raise ValueError(
                 f"input_ids hold {n_image_tokens} image tokens but {image_embeds.shape[0]} images give "
                 f"{image_embeds.shape[0]} x {image_embeds.shape[1]} features: expand <image> to "
-                f"{self.num_image_tokens} tokens per image (llava_mini.conversation does)"
+                f"{self.num_image_tokens} tokens per image (llava_mini.model.conversation does)"
             )
         image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)

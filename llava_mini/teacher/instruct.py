@@ -41,8 +41,8 @@ from llava_mini.teacher.prompts import (
     record_context,
 )
 from llava_mini.teacher.teachers import SymbolicTeacher, Teacher, TeacherBudgetExhausted, TeacherError, TeacherFatalError
+from llava_mini.teacher.records import IMAGE_TOKEN
 
-IMAGE_TOKEN = "<image>"
 STOP = "<STOP>"
 
 # ============================================================================= parsing and validation

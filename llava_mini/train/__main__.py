@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from llava_mini.config import TrainConfig, estimate_memory, get_preset
 from llava_mini.course import _subsample, load_base, load_processors, repeat_types, training_data
-from llava_mini.model.conversation import LlavaCollator, LlavaInstructDataset, load_records
+from llava_mini.model.conversation import LlavaCollator, LlavaInstructDataset
+from llava_mini.teacher.records import load_records
 from llava_mini.model.llava import PROJECTOR_WEIGHTS
 from llava_mini.train.loop import add_lora, freeze_for_stage1, plot_loss, train, trainable_parameters
 

@@ -20,18 +20,21 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from llava_mini.config import Preset, TrainConfig, estimate_memory, get_preset
-from llava_mini.model.conversation import LlavaCollator, LlavaInstructDataset, add_image_token, image_token_id
-from llava_mini.teacher.records import load_records
-from llava_mini.model.llava import build
+from llava_mini.config import Preset, TrainConfig, get_preset
+from llava_mini.train import estimate_memory
+from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_token, image_token_id
+from llava_mini.teacher import load_records
+from llava_mini.model import build
 from llava_mini.paths import work_dir
-from llava_mini.teacher.instruct import generate_instruct_data, record_type
-from llava_mini.teacher.prompts import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, load_seeds
-from llava_mini.teacher.teachers import SymbolicTeacher, Teacher
-from llava_mini.train.loop import (add_lora, backbone_fingerprint, compute_dtype, freeze_for_stage1, load_checkpoint,
-                                   qlora_quantization_config, resolve_precision, train)
-from llava_mini.world.coco import read_split
-from llava_mini.world.shapes import WorldConfig, generate_world
+from llava_mini.teacher import generate_instruct_data, record_type
+from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, load_seeds
+from llava_mini.teacher import SymbolicTeacher, Teacher
+from llava_mini.train import (
+    add_lora, backbone_fingerprint, compute_dtype, freeze_for_stage1, load_checkpoint,
+    qlora_quantization_config, resolve_precision, train,
+)
+from llava_mini.world import read_split
+from llava_mini.world import WorldConfig, generate_world
 
 COURSE_SIZES = {"train": 4000, "val": 300, "test": 500}
 

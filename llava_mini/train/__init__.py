@@ -5,3 +5,4 @@ from llava_mini.train.loop import (  # noqa: F401
     freeze_for_stage1, add_lora, merge_lora, trainable_parameters, StepSampler, count_labels,
     backbone_fingerprint, save_checkpoint, load_checkpoint, load_stage2, latest_checkpoint, train, plot_loss,
 )
+from llava_mini.train.memory import GIB, MemoryEstimate, estimate_memory  # noqa: F401

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from llava_mini.config import TrainConfig, estimate_memory, get_preset
+from llava_mini.config import TrainConfig, get_preset
+from llava_mini.train.memory import estimate_memory
 from llava_mini.course import _subsample, load_base, load_processors, repeat_types, training_data
-from llava_mini.model.conversation import LlavaCollator, LlavaInstructDataset
-from llava_mini.teacher.records import load_records
-from llava_mini.model.llava import PROJECTOR_WEIGHTS
+from llava_mini.model import LlavaCollator, LlavaInstructDataset
+from llava_mini.teacher import load_records
+from llava_mini.model import PROJECTOR_WEIGHTS
 from llava_mini.train.loop import add_lora, freeze_for_stage1, plot_loss, train, trainable_parameters
 
 def main(argv=None) -> None:

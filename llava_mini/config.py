@@ -1,24 +1,32 @@
-"""Three sizes of the same recipe: which towers, which data, which training settings.
+"""A run's whole configuration as one dataclass tree, and the three presets that fill it.
+
+    RunConfig                       what one training run is: printed when it starts, saved whole in the
+      preset, stage                 checkpoint's run.json, and (minus the evaluation settings, which do not
+      world: WorldSettings          change the weights) the one key that decides whether a checkpoint is
+      data: DataSettings            reused or retrained (course.checkpoint_dir names the folder after it)
+      model: ModelSettings
+      train: TrainConfig
+      evaluation: EvalSettings
+
+The presets are three sizes of the same recipe:
 
     tiny   the shipped backbones (data/backbones), the generated shapes world; a 2-core CPU, minutes
     colab  CLIP ViT-B/16 + Qwen2.5-0.5B-Instruct from the hub, COCO 2017; a free T4 (fp16, QLoRA)
     paper  CLIP ViT-L/14-336 + Vicuna-7B v1.5, 4-bit; one A100/H100; the LLaVA v1.5 LoRA recipe
 
-Everything downstream takes a preset: ``load_processors`` (tokenizer with a chat template and an
-``<image>`` token, image processor), ``load_base`` (LlavaMini from the two towers, the LM optionally in
-4-bit), ``training_data`` (the stage-1 / instruction JSON files and the image folder) and
-``Preset.train_config(stage)``. Hub names are ordinary ``from_pretrained`` names: point ``vision`` /
-``lm`` at local folders (``dataclasses.replace(preset, lm="/path")``) and nothing else changes.
-
-``estimate_memory(preset)`` prints what a run will need before it starts, from the shapes alone.
+Hub names are ordinary ``from_pretrained`` names: point them at local folders and nothing else changes,
+``get_preset("colab", model={"lm": "/my/folder"})``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
 
+from llava_mini.files import fingerprint
 from llava_mini.paths import DATA_DIR
 
+STAGES = ("stage1", "lora", "qlora")  # the course's three checkpoints
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -82,6 +90,123 @@ class TrainConfig:
         return self.batch_size // (self.accumulation_steps(num_processes) * num_processes)
 
 
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The generated shapes world the course trains on (data source "course")."""
+
+    seed: int = 0
+    sizes: dict = field(default_factory=lambda: {"train": 4000, "val": 300, "test": 500})  # images per split
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the training records come from and how they become sequences."""
+
+    source: str = "course"              # "course": the world + the symbolic teacher; "files": the paths below
+    teacher: str = "symbolic"           # who writes the course's instruction data
+    stage1_file: str | None = None      # "files": caption records, relative to the work folder
+    instruct_file: str | None = None    # "files": instruction records, relative to the work folder
+    image_folder: str | None = None     # "files": what each record's "image" is relative to
+    max_length: int = 2048              # tokens per example, image tokens included
+    max_records: int | None = None      # train on a seeded sample of this many records (None: as the steps need)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The two towers, how they are joined, and the chat format."""
+
+    vision: str                         # hub name or folder: a CLIP / SigLIP checkpoint
+    lm: str                             # hub name or folder: a causal LM (also its tokenizer unless `tokenizer`)
+    tokenizer: str | None = None
+    chat_template: str | None = None    # used only when the tokenizer has none
+    system_prompt: str | None = None
+    projector_type: str = "mlp2x_gelu"  # "linear" (LLaVA v1) or "mlp2x_gelu" (v1.5)
+    vision_feature_layer: int = -2      # hidden states of the second-to-last layer
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The held-out evaluation (notebook 04): questions from the ground truth of the test split."""
+
+    split: str = "test"
+    images: int = 500                   # first N images of the split
+    seed: int = 0                       # which questions are drawn
+    max_per_kind: int = 100             # questions per kind (colour, shape, count, relation, existence)
+    n_descriptions: int = 40            # detailed descriptions scored for hallucinations
+    max_new_tokens: int = 24
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A recipe: every section of a run's config plus the training settings of each stage."""
+
+    name: str
+    model: ModelSettings
+    data: DataSettings = DataSettings()
+    world: WorldSettings = WorldSettings()
+    evaluation: EvalSettings = EvalSettings()
+    stages: dict = field(default_factory=dict)   # "stage1" / "lora" / "qlora" -> TrainConfig fields
+    shape: object = None                # (being replaced by config.json shapes)
+
+    def train_config(self, stage: str, **overrides) -> TrainConfig:
+        """The TrainConfig of ``stage`` ("stage1", "lora", "qlora"), with ``overrides`` applied."""
+        if stage not in self.stages:
+            raise ValueError(f"preset {self.name!r} has no stage {stage!r} (it has {sorted(self.stages)})")
+        unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}: TrainConfig has no such field")
+        return TrainConfig(**{**self.stages[stage], **overrides})
+
+    def run_config(self, stage: str, **overrides) -> RunConfig:
+        """The whole configuration of one run of ``stage``; ``overrides`` change its TrainConfig."""
+        return RunConfig(self.name, stage, self.world, self.data, self.model, self.train_config(stage, **overrides),
+                         self.evaluation)
+
+
+# Settings that say where and how visibly a run goes, not what it learns: not part of the reuse key.
+NOT_IN_KEY = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
+
+
+@dataclass
+class RunConfig:
+    """One training run, whole. ``key()`` is what a checkpoint is reused on (with the towers' and the
+    records' fingerprints, and the stage-1 run a stage-2 run starts from)."""
+
+    preset: str
+    stage: str
+    world: WorldSettings
+    data: DataSettings
+    model: ModelSettings
+    train: TrainConfig
+    evaluation: EvalSettings
+    init_from: str | None = None        # stage 2: the key of the stage-1 run whose projector it starts from
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def key(self, backbones: str, records: str) -> str:
+        """The fingerprint that names and validates this run's checkpoint."""
+        config = self.to_dict()
+        config.pop("evaluation")
+        config["train"] = {k: v for k, v in config["train"].items() if k not in NOT_IN_KEY}
+        return fingerprint({"config": config, "backbones": backbones, "records": records})
+
+    def __str__(self) -> str:
+        lines = [f"run config: preset {self.preset!r}, {self.stage}" + (f", from {self.init_from}" if self.init_from else "")]
+        for section in ("world", "data", "model", "train", "evaluation"):
+            values = asdict(getattr(self, section))
+            shown = {k: v for k, v in values.items() if k != "chat_template" and not (section == "train" and k in NOT_IN_KEY)}
+            lines.append(f"  {section:10} " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+        return "\n".join(lines)
+
+
+def _stages(stage1: dict, lora: dict, qlora: dict | None = None) -> dict:
+    return {"stage1": {"stage": 1, **stage1},
+            "lora": {"stage": 2, **lora},
+            "qlora": {"stage": 2, **lora, **(qlora or {}), "qlora": True}}
+
+
 # Vicuna v1.1+ conversation format (lmsys/vicuna-7b-v1.5 ships no chat template): the system line,
 # then "USER: ... ASSISTANT: ...</s>" turns, as LLaVA v1.5's "v1" conversation template writes them.
 VICUNA_TEMPLATE = (
@@ -95,8 +220,6 @@ VICUNA_TEMPLATE = (
 )
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the human's questions.")
-
-
 
 
 @dataclass(frozen=True)
@@ -152,58 +275,24 @@ class ModelShape:
         return self.lm_layers * sum(r * (a + b) for a, b in self.lm_linear_shapes())
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    vision: str                         # hub name or folder: a CLIP / SigLIP checkpoint
-    lm: str                             # hub name or folder: a causal LM (also its tokenizer unless `tokenizer`)
-    shape: ModelShape
-    tokenizer: str | None = None
-    chat_template: str | None = None    # used only when the tokenizer has none
-    system_prompt: str | None = None
-    projector_type: str = "mlp2x_gelu"
-    max_length: int = 2048              # tokens per example, image tokens included
-    # data: "course" = the generated shapes world; otherwise files under work_dir()
-    data: str = "course"
-    world_sizes: dict | None = None     # images per split of the course world (None: world.COURSE_SIZES)
-    stage1_file: str | None = None
-    instruct_file: str | None = None
-    image_folder: str | None = None
-    stages: dict = field(default_factory=dict)   # "stage1" / "lora" / "qlora" -> TrainConfig fields
-
-    def train_config(self, stage: str, **overrides) -> TrainConfig:
-        """The TrainConfig of ``stage`` ("stage1", "lora", "qlora"), with ``overrides`` applied."""
-        if stage not in self.stages:
-            raise ValueError(f"preset {self.name!r} has no stage {stage!r} (it has {sorted(self.stages)})")
-        return TrainConfig(**{**self.stages[stage], **overrides})
-
-
-def _stages(stage1: dict, lora: dict, qlora: dict | None = None) -> dict:
-    return {"stage1": {"stage": 1, **stage1},
-            "lora": {"stage": 2, **lora},
-            "qlora": {"stage": 2, **lora, **(qlora or {}), "qlora": True}}
-
-
-# tiny: times measured on the 2-core CPU (scripts/bench_train.py); see the module docstring of train.py.
+# tiny: times measured on the 2-core CPU (scripts/bench_train.py).
 TINY = Preset(
     name="tiny",
-    vision=str(DATA_DIR / "backbones" / "vision"),
-    lm=str(DATA_DIR / "backbones" / "lm"),
+    model=ModelSettings(vision=str(DATA_DIR / "backbones" / "vision"), lm=str(DATA_DIR / "backbones" / "lm")),
+    # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
+    data=DataSettings(max_length=224),
     shape=ModelShape(vision_hidden=256, vision_layers=6, vision_intermediate=1024, image_size=64, patch_size=8,
                      lm_hidden=256, lm_layers=4, lm_intermediate=768, lm_heads=4, lm_kv_heads=4,
                      vocab_size=1011, tied_embeddings=True),
-    max_length=224,   # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
-    # Budget (design.md): the whole course within 10 minutes on a 2-core CPU. Step times of the course run
-    # on an idle 2-core machine (the checkpoints' history.json; 2-4x slower when the CPU is shared): stage 1
-    # batch 16 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a
-    # step here and a short run does not overfit. Learning rates are higher than the paper's: minutes, not
-    # epochs.
+    # Budget (design.md): the whole course within 6 minutes on a 2-core CPU. Step times on an idle 2-core
+    # machine (the checkpoints' history.json; 2-4x slower when the CPU is shared): stage 1 batch 16
+    # 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a step here
+    # and a short run does not overfit. Learning rates are higher than the paper's: minutes, not epochs.
     # Stage 1 is where grounding starts: the caption loss levels off after ~20 steps, but held-out shape
     # answers went from 12% (50 steps) to 68% (300 steps). Stage 2 gives the projector the adapters'
     # learning rate for the same reason, and sees each conversation 4 times as often as a description:
     # the short grounded answers are what the evaluation asks for, and the 5-9x longer description and
-    # reasoning answers would otherwise own most of the token-averaged loss. (Conversations only: shape
-    # answers 99%, but the descriptions break; README, "Results on the tiny track".)
+    # reasoning answers would otherwise own most of the token-averaged loss.
     stages=_stages(
         stage1=dict(max_steps=240, batch_size=16, lr=2e-3),
         lora=dict(max_steps=120, batch_size=16, lr=1e-3, projector_lr=1e-3, lora_r=32, lora_alpha=64,
@@ -213,17 +302,14 @@ TINY = Preset(
 
 COLAB = Preset(
     name="colab",
-    vision="openai/clip-vit-base-patch16",
-    lm="Qwen/Qwen2.5-0.5B-Instruct",
+    model=ModelSettings(vision="openai/clip-vit-base-patch16", lm="Qwen/Qwen2.5-0.5B-Instruct",
+                        system_prompt="You are a helpful assistant."),  # else Qwen's template inserts its own
+    data=DataSettings(source="files", max_length=1024,
+                      stage1_file="instruct/coco_stage1_captions_train.json",  # course-style files for COCO 2017
+                      instruct_file="instruct/coco_llava_instruct_train.json", image_folder="coco/train2017"),
     shape=ModelShape(vision_hidden=768, vision_layers=12, vision_intermediate=3072, image_size=224, patch_size=16,
                      lm_hidden=896, lm_layers=24, lm_intermediate=4864, lm_heads=14, lm_kv_heads=2,
                      vocab_size=151_936, tied_embeddings=True),
-    system_prompt="You are a helpful assistant.",   # Qwen's template would otherwise insert its own
-    max_length=1024,
-    data="coco",
-    stage1_file="instruct/coco_stage1_captions_train.json",   # course_instruct_data-style files for COCO 2017
-    instruct_file="instruct/coco_llava_instruct_train.json",
-    image_folder="coco/train2017",
     stages=_stages(
         stage1=dict(max_steps=500, batch_size=64, micro_batch_size=16, lr=1e-3, precision="auto"),
         lora=dict(max_steps=1000, batch_size=32, micro_batch_size=4, lr=2e-4, projector_lr=2e-5, lora_r=64,
@@ -233,18 +319,15 @@ COLAB = Preset(
 
 PAPER = Preset(
     name="paper",
-    vision="openai/clip-vit-large-patch14-336",
-    lm="lmsys/vicuna-7b-v1.5",
+    model=ModelSettings(vision="openai/clip-vit-large-patch14-336", lm="lmsys/vicuna-7b-v1.5",
+                        chat_template=VICUNA_TEMPLATE, system_prompt=VICUNA_SYSTEM),
+    data=DataSettings(source="files", max_length=2048,
+                      stage1_file="llava/blip_laion_cc_sbu_558k.json",  # v1.5 stage-1 captions (v1: CC3M-595K)
+                      instruct_file="llava/llava_instruct_150k.json",   # the released LLaVA-Instruct (158K)
+                      image_folder="coco/train2017"),
     shape=ModelShape(vision_hidden=1024, vision_layers=24, vision_intermediate=4096, image_size=336, patch_size=14,
                      lm_hidden=4096, lm_layers=32, lm_intermediate=11008, lm_heads=32, lm_kv_heads=32,
                      vocab_size=32_000, tied_embeddings=False),
-    chat_template=VICUNA_TEMPLATE,
-    system_prompt=VICUNA_SYSTEM,
-    max_length=2048,
-    data="llava",
-    stage1_file="llava/blip_laion_cc_sbu_558k.json",   # v1.5 stage-1 captions (v1: CC3M-595K chat.json)
-    instruct_file="llava/llava_instruct_150k.json",     # the released LLaVA-Instruct (158K conversations)
-    image_folder="coco/train2017",
     stages=_stages(
         # v1.5: stage 1 lr 1e-3, batch 256, 1 epoch of 558K (~2,180 steps); stage 2 LoRA r=128 alpha=256,
         # lr 2e-4, projector lr 2e-5, batch 128, 1 epoch of 158K (~1,240 steps). Cosine, 3% warmup, no decay.
@@ -257,28 +340,17 @@ PAPER = Preset(
 )
 
 PRESETS = {p.name: p for p in (TINY, COLAB, PAPER)}
+SECTIONS = ("world", "data", "model", "evaluation")
 
 
 def get_preset(preset: str | Preset = "tiny", **changes) -> Preset:
-    """A preset by name (or as given), with dataclass fields replaced (``lm="/my/folder"``)."""
+    """A preset by name (or as given) with some settings changed, section by section:
+    ``get_preset("tiny", world={"sizes": {...}}, model={"lm": "/folder"}, stages={...})``."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
+    for section in SECTIONS:
+        if isinstance(changes.get(section), dict):
+            changes[section] = replace(getattr(preset, section), **changes[section])
     return replace(preset, **changes) if changes else preset
-
-
-# ============================================================================ loading
-
-
-
-
-
-
-
-
-# ============================================================================ memory
-
-
-
-

@@ -1,61 +1,49 @@
-"""The course layer: what the notebooks and the command line share.
+"""The course layer: what the notebooks and the command line share, so both find the same things.
 
     course_world()            the shapes world under the work folder, generated once, then reused
     course_instruct_data()    its instruction data (symbolic teacher), generated once, then reused
     load_processors(preset)   tokenizer (chat template, <image> token) + image processor
     load_base(preset, ...)    a LlavaMini of the preset's two towers with a fresh projector
     training_data(preset)     the stage-1 / instruction files and their image folder
-    course_model(stage)       the trained checkpoint of a stage: loaded when it is there, trained when not
+    course_model(stage)       the trained model of a stage: loaded when its checkpoint is there, else trained
+
+One naming rule for checkpoints (``checkpoint_dir``): ``<work>/checkpoints/<preset>-<stage>-<key>``, where
+the key is the fingerprint of the run's whole configuration (config.RunConfig) with the towers and the
+training records it saw. ``python -m llava_mini.train`` and the notebooks both go through ``course_model``,
+so a model trained from the command line is the one a notebook loads, and the other way round.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from llava_mini.config import Preset, TrainConfig, get_preset
-from llava_mini.train import estimate_memory
-from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_token, image_token_id
-from llava_mini.teacher import load_records
-from llava_mini.model import build
+from llava_mini.config import STAGES, Preset, RunConfig, get_preset
+from llava_mini.files import file_fingerprint, fingerprint, read_json, write_json
+from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_token, build, image_token_id
 from llava_mini.paths import work_dir
-from llava_mini.teacher import generate_instruct_data, record_type
-from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, load_seeds
-from llava_mini.teacher import SymbolicTeacher, Teacher
+from llava_mini.teacher import (
+    BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, SymbolicTeacher, Teacher,
+    generate_instruct_data, load_records, load_seeds, record_type,
+)
 from llava_mini.train import (
-    add_lora, backbone_fingerprint, compute_dtype, freeze_for_stage1, load_checkpoint,
+    add_lora, backbone_fingerprint, compute_dtype, estimate_memory, freeze_for_stage1, load_checkpoint,
     qlora_quantization_config, resolve_precision, train,
 )
-from llava_mini.world import read_split
-from llava_mini.world import WorldConfig, generate_world
+from llava_mini.world import WorldConfig, generate_world, read_split
 
-COURSE_SIZES = {"train": 4000, "val": 300, "test": 500}
+# ============================================================================ data
 
 
 def course_world(seed: int = 0, sizes: dict[str, int] | None = None, config: WorldConfig | None = None) -> Path:
     """The world every notebook shares, under the work folder: generated once, then reused."""
-
     root = work_dir() / "world"
-    generate_world(root, sizes or COURSE_SIZES, seed=seed, config=config)
+    generate_world(root, sizes or get_preset("tiny").world.sizes, seed=seed, config=config)
     return root
-
-
-def _course_fingerprint(teacher: Teacher, types, seed: int, split: str, world_root: Path) -> str:
-    stamp = {
-        "teacher": teacher.identity, "types": list(types), "seed": seed, "split": split,
-        "prompts": SYSTEM_MESSAGES, "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS],
-        "seeds": {t: load_seeds(t) for t in types},
-        "world": json.loads((world_root / "world.json").read_text()) if (world_root / "world.json").exists() else None,
-        "format": 1,
-    }
-    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def course_instruct_data(
@@ -74,11 +62,9 @@ def course_instruct_data(
     Returns {"instruct": LLaVA-Instruct JSON (conversation + detail + complex records),
              "stage1": caption JSON (one record per caption), "summary": summary JSON,
              "images": the split's image folder (what each record's "image" is relative to)}.
-    Files live under work_dir()/"instruct" (or `out_dir`); they are reused when the world, seed, teacher,
-    prompts and seeds are unchanged, and regenerated otherwise (the response cache keeps that cheap).
-    The world is `world_root`, or the shared course world (`course_world(seed, world_sizes)`, made if missing).
+    Files live under work_dir()/"instruct" (or ``out_dir``); they are reused while the world, seed, teacher,
+    prompts and seed examples are unchanged, and regenerated otherwise (the response cache keeps that cheap).
     """
-
     teacher = teacher or SymbolicTeacher(seed)
     types = tuple(types)
     world_root = Path(world_root) if world_root else course_world(seed=seed, sizes=world_sizes)
@@ -90,88 +76,43 @@ def course_instruct_data(
         "images": world_root / "images" / split,
     }
     stamp_file = out_dir / f"stamp_{split}.json"
-    fingerprint = _course_fingerprint(teacher, types, seed, split, world_root)
-    fresh = (not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("fingerprint") == fingerprint
-             and all(paths[k].exists() for k in ("instruct", "stage1", "summary")))
-    if fresh:
+    world_stamp = world_root / "world.json"
+    key = fingerprint({
+        "teacher": teacher.identity, "types": types, "seed": seed, "split": split, "prompts": SYSTEM_MESSAGES,
+        "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS], "seeds": {t: load_seeds(t) for t in types},
+        "world": read_json(world_stamp) if world_stamp.exists() else None,
+    })
+    if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
+            paths[k].exists() for k in ("instruct", "stage1", "summary")):
         return paths
-    dataset = read_split(world_root, split)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
-        dataset.records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
+        read_split(world_root, split).records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
         summary_file=paths["summary"], cache_file=out_dir / "cache" / f"{slug}.jsonl", types=types, seed=seed,
         progress=progress,
     )
-    if result.summary["missing"] == 0:
-        stamp_file.write_text(json.dumps({"fingerprint": fingerprint}))
+    if result.summary["missing"] == 0:  # a run cut short must not vouch for its files
+        write_json(stamp_file, {"fingerprint": key})
     return paths
-
-
-def load_processors(preset: str | Preset = "tiny"):
-    """(tokenizer, image_processor) for a preset: the tokenizer gets a chat template (if it has none),
-    a pad token (if it has none) and a single ``<image>`` token (hub tokenizers lack it; the model
-    never embeds its id, so the LM needs no new embedding row)."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    preset = get_preset(preset)
-    tokenizer = AutoTokenizer.from_pretrained(preset.tokenizer or preset.lm)
-    if not getattr(tokenizer, "chat_template", None):
-        if preset.chat_template is None:
-            raise ValueError(f"the tokenizer of {preset.lm!r} has no chat template and preset {preset.name!r} gives none")
-        tokenizer.chat_template = preset.chat_template
-    if tokenizer.pad_token is None:  # Llama / Vicuna: LLaVA pads with unk
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    add_image_token(tokenizer)
-    image_processor = AutoImageProcessor.from_pretrained(preset.vision)
-    return tokenizer, image_processor
-
-
-def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: str = "auto",
-              device: str | torch.device | None = None):
-    """A LlavaMini of the preset's two towers with a fresh fp32 projector.
-
-    Frozen weights in the training precision (fp32 on the CPU, bf16 / fp16 on a GPU); with ``qlora``
-    the LM's linear layers in 4-bit NF4 with double quantization (vision tower and projector are not
-    quantized). On a GPU the model is loaded straight onto it (4-bit weights are quantized there).
-    """
-
-    preset = get_preset(preset)
-    precision = resolve_precision(precision)
-    if device is None and torch.cuda.is_available():
-        device = "cuda"
-    return build(
-        preset.vision, preset.lm,
-        projector_type=preset.projector_type,
-        image_token_id=image_token_id(tokenizer),
-        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
-        quantization_config=qlora_quantization_config(precision) if qlora else None,
-        projector_dtype=torch.float32,
-        device=device,
-    )
 
 
 def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
     """{"stage1": caption records, "instruct": instruction records, "images": their image folder}."""
     preset = get_preset(preset)
-    if preset.data == "course":
-
-        paths = course_instruct_data(progress=False, world_sizes=preset.world_sizes)
-        return {"stage1": paths["stage1"], "instruct": paths["instruct"], "images": paths["images"]}
+    data = preset.data
+    if data.source == "course":
+        paths = course_instruct_data(seed=preset.world.seed, progress=False, world_sizes=preset.world.sizes)
+        return {k: paths[k] for k in ("stage1", "instruct", "images")}
     root = work_dir()
-    paths = {"stage1": root / preset.stage1_file, "instruct": root / preset.instruct_file,
-             "images": root / preset.image_folder}
+    paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}
     missing = [f"{k}: {v}" for k, v in paths.items() if not v.exists()]
     if missing:
         raise FileNotFoundError(f"preset {preset.name!r} needs its data under {root}; missing " + "; ".join(missing))
     return paths
 
 
-STAGES = ("stage1", "lora", "qlora")  # the course's three checkpoints
-
-
 def repeat_types(records: list[dict], repeats: dict[str, int] | None) -> list[dict]:
-    """Each record as often as ``repeats`` says for its response type (instruct.record_type; default 1)."""
-
+    """Each record as often as ``repeats`` says for its response type (teacher.record_type; default 1)."""
     if not repeats:
         return records
     found = {record_type(r) for r in records}
@@ -183,94 +124,147 @@ def repeat_types(records: list[dict], repeats: dict[str, int] | None) -> list[di
     return [r for r in records for _ in range(repeats.get(record_type(r), 1))]
 
 
-def _subsample(records: list[dict], n: int, seed: int) -> list[dict]:
+def subsample(records: list[dict], n: int, seed: int) -> list[dict]:
     """n records in a seeded random order (tokenizing all 32K course records would take ~20 s)."""
     order = np.random.default_rng(seed).permutation(len(records))[:n]
     return [records[i] for i in order]
 
 
-def course_model(stage: str = "stage1", preset: str = "tiny", retrain: bool = False, progress: bool = True,
-                 **overrides):
-    """The course's trained model for ``stage`` ("stage1", "lora" or "qlora"), trained once, then reused.
+def training_records(run: RunConfig, records_file: Path) -> list[dict]:
+    """The records a run trains on: its stage's file, types repeated as its TrainConfig says (stage 2),
+    then a seeded sample: ``data.max_records`` of them, or about what its steps will read."""
+    cfg = run.train
+    records = load_records(records_file)
+    if run.stage != "stage1":
+        records = repeat_types(records, cfg.type_repeats)
+    n = run.data.max_records or int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size
+    return subsample(records, n, cfg.seed)
 
-    Loads ``work_dir()/"checkpoints"/<stage>/final`` when it is there (and ``retrain`` is False);
-    otherwise trains it: stage 1 from the preset's backbones, stage 2 from the stage-1 projector (which
-    is itself loaded or trained first). ``overrides`` change the preset's TrainConfig for this stage
-    (max_steps=..., batch_size=...): a changed config retrains instead of loading a stale checkpoint.
 
-    Returns (model, tokenizer, image_processor), the model in eval mode.
+# ============================================================================ the towers
+
+
+def load_processors(preset: str | Preset = "tiny"):
+    """(tokenizer, image_processor) for a preset: the tokenizer gets a chat template (if it has none),
+    a pad token (if it has none) and a single ``<image>`` token (hub tokenizers lack it; the model
+    never embeds its id, so the LM needs no new embedding row)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    preset = get_preset(preset)
+    model = preset.model
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer or model.lm)
+    if not getattr(tokenizer, "chat_template", None):
+        if model.chat_template is None:
+            raise ValueError(f"the tokenizer of {model.lm!r} has no chat template and preset {preset.name!r} gives none")
+        tokenizer.chat_template = model.chat_template
+    if tokenizer.pad_token is None:  # Llama / Vicuna: LLaVA pads with unk
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    add_image_token(tokenizer)
+    return tokenizer, AutoImageProcessor.from_pretrained(model.vision)
+
+
+def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: str = "auto",
+              device: str | torch.device | None = None):
+    """A LlavaMini of the preset's two towers with a fresh fp32 projector.
+
+    Frozen weights in the training precision (fp32 on the CPU, bf16 / fp16 on a GPU); with ``qlora``
+    the LM's linear layers in 4-bit NF4 with double quantization (vision tower and projector are not
+    quantized). On a GPU the model is loaded straight onto it (4-bit weights are quantized there).
     """
+    model = get_preset(preset).model
+    precision = resolve_precision(precision)
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    return build(
+        model.vision, model.lm, projector_type=model.projector_type, image_token_id=image_token_id(tokenizer),
+        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
+        quantization_config=qlora_quantization_config(precision) if qlora else None,
+        vision_feature_layer=model.vision_feature_layer, projector_dtype=torch.float32, device=device,
+    )
 
+
+# ============================================================================ checkpoints
+
+
+def plan_run(stage: str = "stage1", preset: str | Preset = "tiny", projector_from: str | Path | None = None,
+             **overrides) -> tuple[RunConfig, Path, dict[str, Path]]:
+    """The run config of ``stage``, the checkpoint folder it belongs in, and its training data.
+
+    A stage-2 run starts from the course's stage-1 run (its key is part of the config), or from the
+    projector in the checkpoint folder ``projector_from``."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     spec = get_preset(preset)
-    cfg = spec.train_config(stage, **overrides)
-    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
-    cfg.output_dir = str(work_dir() / "checkpoints" / name)
-    cfg.progress = progress
-    final = Path(cfg.output_dir) / "final"
-    tokenizer, image_processor = load_processors(spec)
+    run = spec.run_config(stage, **overrides)
     data = training_data(spec)
-    records_file = data["stage1"] if stage == "stage1" else data["instruct"]
-    data_id = file_fingerprint(records_file)
+    if stage != "stage1":
+        if projector_from is not None:
+            run.init_from = "projector " + file_fingerprint(Path(projector_from) / "projector.safetensors")
+        else:
+            run.init_from = checkpoint_dir(plan_run("stage1", spec)[0], data).name
+    return run, checkpoint_dir(run, data), data
 
-    if final.exists() and not retrain and _same_config(final, cfg, backbone_fingerprint(spec.vision, spec.lm), data_id):
-        model = load_checkpoint(final, vision=spec.vision, lm=spec.lm, precision=cfg.precision)
-        return model, tokenizer, image_processor
 
+def checkpoint_dir(run: RunConfig, data: dict[str, Path]) -> Path:
+    """``<work>/checkpoints/<preset>-<stage>-<key>``: the one place a run's checkpoints go."""
+    records = data["stage1"] if run.stage == "stage1" else data["instruct"]
+    key = run.key(backbone_fingerprint(run.model.vision, run.model.lm), file_fingerprint(records))
+    return work_dir() / "checkpoints" / f"{run.preset}-{run.stage}-{key}"
+
+
+def course_model(stage: str = "stage1", preset: str | Preset = "tiny", retrain: bool = False, progress: bool = True,
+                 projector_from: str | Path | None = None, resume: str | Path | None = None, **overrides):
+    """The trained model of ``stage`` ("stage1", "lora" or "qlora"): loaded from its checkpoint folder
+    (``checkpoint_dir``) when a finished run with the same key is there, trained otherwise.
+
+    Stage 2 starts from the projector of the course's stage-1 model (loaded or trained first) or of
+    ``projector_from``. ``overrides`` change the stage's TrainConfig (max_steps=..., lr=...): another
+    config is another key, so it trains instead of loading a stale checkpoint. ``resume="latest"``
+    continues an interrupted run from its newest step checkpoint. Returns (model, tokenizer,
+    image_processor), the model in eval mode.
+    """
+    spec = get_preset(preset)
+    run, folder, data = plan_run(stage, spec, projector_from, **overrides)
+    final, key = folder / "final", folder.name.rsplit("-", 1)[-1]
+    tokenizer, image_processor = load_processors(spec)
+    if not retrain and (final / "run.json").exists() and read_json(final / "run.json").get("key") == key:
+        if progress:
+            print(f"reusing {folder}")
+        return load_checkpoint(final, vision=spec.model.vision, lm=spec.model.lm,
+                               precision=run.train.precision), tokenizer, image_processor
+
+    cfg = run.train
+    cfg.output_dir, cfg.progress = str(folder), progress
+    print(run)
     if progress:
         print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), precision=resolve_precision(cfg.precision)))
     torch.manual_seed(cfg.seed)
+    model = load_base(spec, tokenizer, qlora=stage == "qlora", precision=cfg.precision)
     if stage == "stage1":
-        model = load_base(spec, tokenizer, precision=cfg.precision)
         freeze_for_stage1(model)
     else:
-        stage1_model, _, _ = course_model("stage1", preset, progress=progress)
-        model = load_base(spec, tokenizer, qlora=stage == "qlora", precision=cfg.precision)
-        model.projector.load_state_dict(stage1_model.projector.state_dict())
-        del stage1_model
+        if projector_from is not None:
+            start = load_checkpoint(projector_from, vision=spec.model.vision, lm=spec.model.lm, precision="fp32")
+        else:
+            start, _, _ = course_model("stage1", spec, progress=progress)
+        model.projector.load_state_dict(start.projector.state_dict())
+        del start
         add_lora(model, cfg)
-    records = repeat_types(load_records(records_file), cfg.type_repeats if stage != "stage1" else None)
-    records = _subsample(records, int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size, cfg.seed)
+    records = training_records(run, data["stage1"] if stage == "stage1" else data["instruct"])
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
-                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
-    collator = LlavaCollator(tokenizer.pad_token_id)
-    train(model, dataset, collator, cfg)
-    run_file = final / "run.json"  # which records it learned from: other data (a bigger world) retrains
-    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "data": data_id}, indent=2))
+                                   max_length=run.data.max_length, system_prompt=spec.model.system_prompt,
+                                   skip_invalid=True)
+    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=resume)
+    saved = read_json(result.checkpoint_dir / "run.json")
+    write_json(result.checkpoint_dir / "run.json", {**saved, "key": key, "run_config": run.to_dict(),
+                                                    "skipped_records": dict(dataset.skipped)}, indent=2)
     return model.eval(), tokenizer, image_processor
 
 
-def file_fingerprint(path: str | Path) -> str:
-    """A hash of a file's bytes (the training records a checkpoint was trained on)."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def _same_config(checkpoint: Path, cfg: TrainConfig, backbones: str | None = None, data: str | None = None) -> bool:
-    """Was this checkpoint trained with cfg on these backbones and this data (ignoring where it was written
-    and whether a bar was shown)?"""
-    try:
-        run = json.loads((checkpoint / "run.json").read_text())
-        saved = run["train_config"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        return False
-    if backbones is not None and run.get("backbones") != backbones:
-        return False
-    if data is not None and run.get("data") != data:
-        return False
-    ignore = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
-    current = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ignore}
-    return all(saved.get(k) == v for k, v in current.items())
-
-
-def course_history(stage: str = "stage1", preset: str = "tiny") -> list[dict]:
-    """The per-step loss history of a course checkpoint that ``course_model`` trained."""
-
-    spec = get_preset(preset)
-    name = stage if spec.name == "tiny" else f"{spec.name}-{stage}"
-    path = work_dir() / "checkpoints" / name / "final" / "history.json"
+def course_history(stage: str = "stage1", preset: str | Preset = "tiny", **overrides) -> list[dict]:
+    """The per-step loss history of the checkpoint ``course_model(stage, preset, **overrides)`` trained."""
+    _, folder, _ = plan_run(stage, preset, **overrides)
+    path = folder / "final" / "history.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no history; train the checkpoint first with course_model({stage!r})")
-    return json.loads(path.read_text())
+    return read_json(path)

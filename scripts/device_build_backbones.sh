@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How the shipped data/backbones/vision was built: one GPU, about 5 minutes (README gives the measured
 # numbers; the shipped tower came from this command at commit b017481, when it also built an LM that
-# scripts/device_build_lm.sh has since replaced). On a CPU, `python -m llava_mini.backbones --parts vision`
+# scripts/device_build_lm.sh has since replaced; its text tower was then retrained on a CPU with
+# scripts/retune_text_tower.py). On a CPU, `python -m llava_mini.backbones --parts vision`
 # runs the same recipe within its default time budget.
 set -euo pipefail
 OUT=${OUT:-/tmp/backbones_out}

@@ -3,20 +3,26 @@
 Tiny random towers built here (no hub, no checkpoints); a four-image shapes world in a tmp folder.
 """
 
+import json
 import math
 
+import matplotlib
 import pytest
 import torch
 from PIL import Image
 
-from llava_mini.attention import (
+matplotlib.use("Agg")
+
+from llava_mini.attention import (  # noqa: E402
     AnswerAttention, attention_rollout, attention_to_image, box_coverage, grounding_by_layer,
-    grounding_questions, grounding_score, inspect_answer, inspect_answers, mask_patches, masking_experiment,
-    mean_fill, patch_grid, run_grounding, summarize_grounding, top_patches, use_eager_attention,
+    grounding_questions, grounding_score, inspect_answer, inspect_answers, mask_patches, masking_example,
+    masking_experiment, mean_fill, patch_grid, run_grounding, square_box, summarize_grounding, top_patches,
+    use_eager_attention, write_json,
 )
-from llava_mini.model import build_prompt, image_to_pixel_values
-from llava_mini.model import LlavaMini
-from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
+from llava_mini.evaluate import is_correct  # noqa: E402
+from llava_mini.model import build_prompt, generate_ids, image_to_pixel_values, left_pad  # noqa: E402
+from llava_mini.model import LlavaMini  # noqa: E402
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision  # noqa: E402
 
 N_IMAGE = (IMAGE_SIZE // PATCH) ** 2  # 16 image tokens, a 4x4 grid
 
@@ -336,3 +342,100 @@ def test_answer_word_token_finds_the_token_that_names_the_answer():
     assert answer_word_token(att([" The", " star", " is", " red", "."]), "shape") == 1
     assert answer_word_token(att([" It", " is", " pur", "ple", "."]), "colour") == 2  # first piece of the word
     assert answer_word_token(att([" I", " do", " not", " know"]), "colour") is None
+
+
+# ----------------------------------------------------------------------------- one generation function
+
+
+def test_greedy_answers_are_those_of_llavamini_generate_on_left_padded_batches(tokenizer, processor):
+    """inspect_answers decodes through model.generate_ids: the same ids as LlavaMini.generate on left-padded
+    prompts of different lengths (what the removed greedy_answer_ids did), batch boundaries included."""
+    model = make_model(tokenizer, seed=1)
+    questions = ["What colour is the circle?", "Which shape is the blue object in this picture, please?", "Red?"]
+    images = [random_image(20 + i) for i in range(3)]
+    results = inspect_answers(model, tokenizer, processor, images, questions, max_new_tokens=5, batch_size=2,
+                              system_prompt="Answer briefly.")
+    prompts = [build_prompt(tokenizer, q, N_IMAGE, system_prompt="Answer briefly.") for q in questions]
+    assert len({len(p) for p in prompts}) == 3  # left padding really happens
+    pixel_values = torch.stack([image_to_pixel_values(im, processor) for im in images])
+    batch = left_pad(prompts, tokenizer.pad_token_id)
+    new = model.generate(batch["input_ids"], pixel_values, attention_mask=batch["attention_mask"], max_new_tokens=5,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    expected = [row[: next((k for k, t in enumerate(row) if t in stop), len(row))] for row in new.tolist()]
+    assert [r.answer_ids for r in results] == expected
+    assert len({tuple(r.answer_ids) for r in results}) > 1  # the images and prompts do change the answers
+
+
+# ----------------------------------------------------------------------------- boxes, masking example, figures
+
+
+def test_square_box_moves_the_box_into_the_padded_square():
+    assert square_box((4, 2, 10, 6), 64, 32) == (4.0, 18.0, 10.0, 6.0)   # 16 px of padding above
+    assert square_box((4, 2, 10, 6), 32, 64) == (20.0, 2.0, 10.0, 6.0)   # 16 px to the left
+    assert square_box((4, 2, 10, 6), 40, 40) == (4.0, 2.0, 10.0, 6.0)
+
+
+@pytest.fixture(scope="module")
+def grounded(model, tokenizer, processor, world):
+    return run_grounding(model, tokenizer, processor, grounding_questions(world.records, n=4), max_new_tokens=3,
+                         batch_size=3, progress=True)
+
+
+def test_run_grounding_scores_answers_with_notebook_04s_matcher(grounded):
+    assert grounded and all(r.correct == is_correct(r.question.kind, r.answer, r.question.expected) for r in grounded)
+
+
+def test_masking_example_masks_the_top_and_random_patches_and_answers_each(model, tokenizer, processor, grounded):
+    result = grounded[0]
+    versions = masking_example(model, tokenizer, processor, result, k=3, seed=1, max_new_tokens=3)
+    assert list(versions) == ["as given", "top 3 attended masked", "3 random masked"]
+    clean = image_to_pixel_values(result.question.record.load_image(), processor)
+    torch.testing.assert_close(versions["as given"][0], clean)
+    fill = mean_fill(processor)
+    expected_top = mask_patches(clean, top_patches(result.attention, 3), (4, 4), fill)
+    torch.testing.assert_close(versions["top 3 attended masked"][0], expected_top)
+    random_patches = torch.randperm(16, generator=torch.Generator().manual_seed(1))[:3]
+    torch.testing.assert_close(versions["3 random masked"][0], mask_patches(clean, random_patches, (4, 4), fill))
+    prompt = build_prompt(tokenizer, result.question.question, N_IMAGE)
+    for pixel_values, answer in versions.values():  # answered one at a time, the same as in the batch
+        (ids,) = generate_ids(model, tokenizer, [prompt], pixel_values=pixel_values[None], max_new_tokens=3)
+        assert answer == tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_every_figure_draws_and_saves(model, tokenizer, processor, grounded, tmp_path):
+    """Smoke test of notebook 05's figures on a tiny model (their look is checked by eye in the notebook)."""
+    import matplotlib.pyplot as plt
+
+    from llava_mini.attention import (
+        plot_grounding, plot_grounding_by_correctness, plot_masking, plot_masking_example, plot_question_layers,
+        plot_token_layers,
+    )
+
+    summaries = {"tiny": summarize_grounding(grounded)}
+    entry = {"accuracy": 0.5, "changed": 0.25, "patches": 2.0}
+    report = {"n_questions": 4, "unmasked_accuracy": 0.75, "box": {**entry, "patches": 3.5},
+              "k=2": {"top_attended": entry, "random": entry}}  # the shape masking_experiment returns
+    figures = {
+        "layers": lambda p: plot_question_layers(grounded[:2], processor, path=p, title="t", answer_word=True),
+        "tokens": lambda p: plot_token_layers(grounded[0], processor, path=p),
+        "grounding": lambda p: plot_grounding(summaries, path=p),
+        "right_wrong": lambda p: plot_grounding_by_correctness(summaries, path=p),
+        "masking": lambda p: plot_masking(report, path=p),
+        "example": lambda p: plot_masking_example(model, tokenizer, processor, grounded[0], k=2, path=p,
+                                                  max_new_tokens=3),
+    }
+    for name, draw in figures.items():
+        path = tmp_path / "figures" / f"{name}.png"  # the folder is made on demand
+        fig = draw(path)
+        assert path.stat().st_size > 0 and fig.axes
+        plt.close(fig)
+    assert len(plot_question_layers(grounded[:2], processor).axes) == 2 * (3 + 1)  # image + one map per layer
+
+
+def test_write_json_keeps_the_notebooks_argument_order_and_writes_atomically(tmp_path):
+    path = write_json({"grounding": [1.5, 2.0]}, tmp_path / "attention" / "grounding.json")
+    assert path == tmp_path / "attention" / "grounding.json"
+    assert json.loads(path.read_text()) == {"grounding": [1.5, 2.0]}
+    assert path.read_text().startswith("{\n  ")  # indented for reading
+    assert [p.name for p in path.parent.iterdir()] == ["grounding.json"]  # no temporary file left behind

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llava_mini.backbones import build as backbones
+from llava_mini import backbones
 from llava_mini.backbones import BackboneRecipe, build_backbones, patch_coverage, train_tokenizer
 from llava_mini.world import WorldConfig, WorldObject, Scene
 

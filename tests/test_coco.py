@@ -91,6 +91,9 @@ def test_iscrowd_is_kept(tmp_path):
     by_id = read_coco(*write(tmp_path)).by_id()
     assert by_id[3].objects[0].iscrowd is True
     assert by_id[1].objects[0].iscrowd is False
+    flags = _mutated("instances", lambda d: [d["annotations"][0].update(iscrowd=True), d["annotations"][1].pop("iscrowd")])
+    by_id = read_coco(*write(tmp_path, *flags)).by_id()
+    assert [o.iscrowd for o in by_id[1].objects] == [True, False]  # a bool is fine; a missing flag means 0
 
 
 def test_images_without_captions_or_objects_are_kept(tmp_path):
@@ -159,9 +162,15 @@ BAD_RECORDS = [
     ("box for unknown image", "instances", lambda d: d["annotations"][2].update(image_id=77),
      r"annotations\[2\] \(id 102\): box for unknown image id 77", "box for unknown image"),
     ("unknown category", "instances", lambda d: d["annotations"][1].update(category_id=5),
-     r"annotations\[1\] \(id 101\): unknown category id 5", "unknown category"),
+     r"annotations\[1\] \(id 101\), image id 1: unknown category id 5", "unknown category"),
     ("empty caption", "captions", lambda d: d["annotations"][0].update(caption="  "),
      r"annotations\[0\] \(id 10\): empty caption", "empty caption"),
+    ("caption not a string", "captions", lambda d: d["annotations"][0].update(caption=5),
+     r"annotations\[0\] \(id 10\): caption is not a string \(got int\)", "caption is not a string"),
+    ("iscrowd a string", "instances", lambda d: d["annotations"][2].update(iscrowd="0"),
+     r"annotations\[2\] \(id 102\), image id 3: iscrowd must be 0 or 1, got '0'", "bad iscrowd"),
+    ("iscrowd two", "instances", lambda d: d["annotations"][0].update(iscrowd=2),
+     r"annotations\[0\] \(id 100\), image id 1: iscrowd must be 0 or 1, got 2", "bad iscrowd"),
 ]
 
 
@@ -213,7 +222,7 @@ def test_invalid_json_names_the_file(tmp_path):
     with pytest.raises(CocoFormatError, match=rf"{ins}: not valid JSON"):
         read_coco(cap, ins)
     ins.write_text("[1, 2]")
-    with pytest.raises(CocoFormatError, match=rf"{ins}: expected a JSON object"):
+    with pytest.raises(CocoFormatError, match=rf"{ins}: not an object \(got list\)"):
         read_coco(cap, ins)
 
 
@@ -241,12 +250,77 @@ def test_missing_key_names_file_and_record_even_when_skipping(tmp_path, kind, ch
             read_coco(cap, ins, errors=errors)
 
 
-def test_bad_image_size_and_conflicting_images(tmp_path):
-    cap, ins = write(tmp_path, *_mutated("instances", lambda d: d["images"][2].update(width=0)))
-    with pytest.raises(CocoFormatError, match=r"captions_x\.json|instances_x\.json"):
-        read_coco(None, ins)
-    with pytest.raises(CocoFormatError, match=r"instances_x\.json: image id 3: differs"):
+def test_file_that_is_not_utf8_names_the_file(tmp_path):
+    cap, ins = write(tmp_path)
+    cap.write_bytes(b'{"images": [], "annotations": [{"caption": "caf\xe9"}]}')  # Latin-1, not UTF-8
+    with pytest.raises(CocoFormatError, match=rf"{cap}: not UTF-8"):
         read_coco(cap, ins)
+
+
+def test_conflicting_images_name_both_files(tmp_path):
+    cap, ins = write(tmp_path, *_mutated("instances", lambda d: d["images"][2].update(file_name="other.jpg")))
+    with pytest.raises(CocoFormatError, match=rf"{ins}: image id 3: differs from the same image in {cap}"):
+        read_coco(cap, ins, errors="skip")
+
+
+def test_duplicate_image_id_within_one_file_is_named_as_such(tmp_path):
+    dup = {"id": 1, "file_name": "z.jpg", "width": 10, "height": 10}
+    cap, ins = write(tmp_path, *_mutated("captions", lambda d: d["images"].append(dup)))
+    with pytest.raises(CocoFormatError, match=rf"^{cap}: image id 1: appears twice in this file \(images\[0\] and \[3\]\)$"):
+        read_coco(cap, ins)
+    dataset = read_coco(cap, None, errors="skip")
+    assert dict(dataset.skipped) == {"duplicate image id": 1}
+    assert dataset.by_id()[1].file_name == "a.jpg"  # the first one is kept
+
+
+# (name, how to break image 3 (one box, no caption) in both files, the message, the skip reasons)
+BAD_IMAGES = [
+    ("zero width", lambda img: img.update(width=0), r"image id 3: width and height must be positive numbers, got 0x60",
+     {"bad image size": 1, "annotation of a skipped image": 1}),
+    ("negative height", lambda img: img.update(height=-60), r"image id 3: .* got 60x-60",
+     {"bad image size": 1, "annotation of a skipped image": 1}),
+    ("size a string", lambda img: img.update(width="60"), r"image id 3: .* got '60'x60",
+     {"bad image size": 1, "annotation of a skipped image": 1}),
+    ("file name a number", lambda img: img.update(file_name=3), r"image id 3: file_name is not a string \(got int\)",
+     {"file_name is not a string": 1, "annotation of a skipped image": 1}),
+    # With no usable id the image cannot be named, so its box reads as one for an unknown image.
+    ("id a string", lambda img: img.update(id="3"), r"images\[2\]: id is not an integer \(got str\)",
+     {"image id is not an integer": 1, "box for unknown image": 1}),
+]
+
+
+@pytest.mark.parametrize("name,change,message,reasons", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+def test_bad_image_raises_or_is_skipped_with_its_annotations(tmp_path, name, change, message, reasons):
+    captions, instances = copy.deepcopy(CAPTIONS), copy.deepcopy(INSTANCES)
+    change(captions["images"][2])
+    change(instances["images"][2])
+    cap, ins = write(tmp_path, captions, instances)
+    with pytest.raises(CocoFormatError, match=rf"^{cap}: {message}"):
+        read_coco(cap, ins)
+    dataset = read_coco(cap, ins, errors="skip")
+    assert [r.image_id for r in dataset] == [1, 2]  # the other images are all there, with everything
+    assert sum(len(r.captions) + len(r.objects) for r in dataset) == 5
+    assert dict(dataset.skipped) == reasons  # the image counted once, though both files list it
+
+
+def test_bad_image_in_one_file_only_is_skipped_too(tmp_path):
+    cap, ins = write(tmp_path, *_mutated("instances", lambda d: d["images"][2].update(width=0)))
+    dataset = read_coco(cap, ins, errors="skip")
+    assert [r.image_id for r in dataset] == [1, 2]
+    assert dict(dataset.skipped) == {"bad image size": 1, "annotation of a skipped image": 1}
+    assert any(e.startswith(f"{ins}: image id 3: width") for e in dataset.skipped_examples)
+    for captions_file in (cap, None):
+        with pytest.raises(CocoFormatError, match=rf"^{ins}: image id 3: width and height"):
+            read_coco(captions_file, ins)
+
+
+def test_sections_that_are_not_lists_are_named(tmp_path):
+    cap, ins = write(tmp_path, *_mutated("instances", lambda d: d.update(annotations={"id": 1})))
+    with pytest.raises(CocoFormatError, match=rf"^{ins}: 'annotations' is not a list \(got dict\)$"):
+        read_coco(cap, ins, errors="skip")
+    cap, ins = write(tmp_path, *_mutated("captions", lambda d: d["annotations"].append(7)))
+    with pytest.raises(CocoFormatError, match=rf"^{cap}: annotations\[3\]: not an object \(got int\)$"):
+        read_coco(cap, ins, errors="skip")
 
 
 def test_errors_argument_is_checked(tmp_path):

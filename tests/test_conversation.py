@@ -1,4 +1,5 @@
-"""Tests for llava_mini.conversation: chat templates, label masks, image tokens, truncation, data."""
+"""Tests for llava_mini.model conversation, images and data: chat templates, label masks, image tokens,
+truncation, the dataset and the collator."""
 
 import json
 
@@ -10,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llava_mini.model import (
     IGNORE_INDEX, LlavaCollator, LlavaInstructDataset, RecordTooLong, TokenizationMismatch, add_image_token,
-    build_prompt, collate_prompts, encode_conversation, image_to_pixel_values, image_token_id,
+    build_prompt, encode_conversation, image_to_pixel_values, image_token_id, left_pad,
 )
 from llava_mini.teacher import RecordError
 from stand_ins import VICUNA, bpe_tokenizer, tiny_processor
@@ -137,7 +138,7 @@ def test_generation_prompt_matches_training_prefix(template, request):
 def test_left_padded_prompt_batch(vicuna):
     a = build_prompt(vicuna, "Is there a star?", N_IMAGE)
     b = build_prompt(vicuna, "How many shapes are there in the image?", N_IMAGE)
-    batch = collate_prompts([a, b], vicuna.pad_token_id)
+    batch = left_pad([a, b], vicuna.pad_token_id)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, max(len(a), len(b)))
     assert batch["input_ids"][0, -len(a):].tolist() == a.tolist()  # left padded: prompts end together
     assert batch["attention_mask"][0].sum() == len(a) and batch["attention_mask"][1].all()
@@ -249,3 +250,21 @@ def test_pixel_values_of_square_image_are_the_processor_output(processor):
     image = Image.new("RGB", (48, 48), (10, 200, 90))
     expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
     assert torch.equal(image_to_pixel_values(image, processor), expected)
+
+
+def test_collator_rounds_up_and_matches_transformers_right_padding(vicuna):
+    """The batch DataCollatorForSeq2Seq gives with a right-padding tokenizer (data.py says why it is not used)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    items = [{"input_ids": torch.arange(3, 3 + n), "labels": torch.tensor([IGNORE_INDEX] * (n - 2) + [7, 8]),
+              "pixel_values": torch.full((3, 2, 2), float(n))} for n in (5, 9, 3)]
+    batch = LlavaCollator(vicuna.pad_token_id, pad_to_multiple_of=8)(items)
+    assert batch["input_ids"].shape == (3, 16) and batch["attention_mask"].sum(1).tolist() == [5, 9, 3]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == [5.0, 9.0, 3.0]
+    right = DataCollatorForSeq2Seq(vicuna, pad_to_multiple_of=8)
+    assert vicuna.padding_side == "right"
+    reference = right([{k: item[k].tolist() for k in ("input_ids", "labels")} for item in items])
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(batch[key], reference[key]), key
+    with pytest.raises(ValueError, match="pad token"):
+        LlavaCollator(None)

@@ -1,6 +1,6 @@
-"""Tests for llava_mini.evaluate: questions against the world's own ground truth, the answer matcher,
-CHAIR / recall on hand-written descriptions, evaluate_model end to end with a tiny random LlavaMini,
-the blind baseline, the comparison table/plot and the LLM judge with a fake teacher (no network)."""
+"""Tests for llava_mini.evaluate without a model: questions against the world's own ground truth, the
+answer matcher, CHAIR / recall on hand-written descriptions, the comparison table/plot and the LLM judge
+with a fake teacher (no network). Running a model: test_evaluate_run.py."""
 
 import json
 import re
@@ -11,18 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest
-import torch
 
-from llava_mini.evaluate import core as ev
-from llava_mini.world import read_split
-from llava_mini.model import build_prompt
-from llava_mini.teacher import parse_qa_pairs
-from llava_mini.model import LlavaMini
-from llava_mini.teacher import build_messages, record_context
-from llava_mini.world import context_text
-from llava_mini.teacher import SymbolicTeacher, TeacherError
-from llava_mini.world import COLORS, SHAPES, generate_world, relation, scene_for
-from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, tiny_llama, tiny_llava, tiny_processor, tiny_vision
+from llava_mini import evaluate as ev
+from llava_mini.teacher import SymbolicTeacher, TeacherError, build_messages, parse_qa_pairs, record_context
+from llava_mini.world import COLORS, SHAPES, ImageRecord, ObjectAnnotation, generate_world, read_split, relation, scene_for
 
 N_TEST = 220
 SEED = 0
@@ -47,32 +39,6 @@ def questions(records):
     return ev.make_questions(records, seed=SEED)
 
 
-N_IMAGE = (IMAGE_SIZE // PATCH) ** 2
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return bpe_tokenizer(["USER: What colour is the circle? ASSISTANT: The circle is red.",
-                          "How many shapes are there? There are three shapes. Yes, there is a blue star."] * 4)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return tiny_processor()
-
-
-def make_model(tokenizer):
-    vision = tiny_vision(seed=0)
-    lm = tiny_llama(len(tokenizer), seed=None)
-    # strong projector weights: the image must move the logits
-    return tiny_llava(vision, lm, tokenizer, projector_std=1.0).eval()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return make_model(tokenizer)
-
-
 # ----------------------------------------------------------------------------- questions vs ground truth
 
 
@@ -82,10 +48,16 @@ def _named(objs, name):
     return [o for o in objs if o.category == " ".join(words[-2:]) and (len(words) == 2 or o.size == words[0])]
 
 
+def _centre(record, obj):
+    x, y, w, h = obj.bbox
+    return (x + w / 2) / record.width, (y + h / 2) / record.height
+
+
 def test_questions_are_true_for_the_generators_own_scenes(records, questions):
     """Every expected answer is re-derived from world.scene_for (the generator, not the files)."""
     scenes = {scene_for(SEED, "test", i).image_id: scene_for(SEED, "test", i) for i in range(N_TEST)}
     assert {r.image_id for r in records} == set(scenes) and len(records) >= 200
+    by_id = {r.image_id: r for r in records}
     shapes_re, colours_re = "|".join(SHAPES), "|".join(COLORS)
     for q in questions:
         objs = scenes[q.image_id].objects
@@ -109,7 +81,7 @@ def test_questions_are_true_for_the_generators_own_scenes(records, questions):
             if text.startswith("relative to"):  # "Relative to the B, is the A ...?"
                 a, b = b, a
             (obj_a,), (obj_b,) = _named(objs, a), _named(objs, b)  # names are unique in the image
-            rel = relation(obj_a, obj_b)
+            rel = relation(_centre(by_id[q.image_id], obj_a), _centre(by_id[q.image_id], obj_b))  # the world's rule
             assert rel is not None, q
             assert q.expected == {"to the left of": "left", "to the right of": "right"}.get(rel, rel), q
             horizontal = "left" in text or "right" in text
@@ -119,6 +91,30 @@ def test_questions_are_true_for_the_generators_own_scenes(records, questions):
             present = any(o.category == thing or o.shape == thing for o in objs)
             assert q.expected == ("yes" if present else "no"), q
         assert ev.is_correct(q.kind, q.reference, q.expected), q  # the reference sentence itself scores
+
+
+def _record(width, height, *objects):
+    """A hand-made record: objects as (category, size, (x, y, w, h) in pixels)."""
+    anns = [ObjectAnnotation(c, box, attributes={"color": c.split()[0], "shape": c.split()[1], "size": size})
+            for c, size, box in objects]
+    return ImageRecord(7, "x.png", width, height, objects=anns)
+
+
+def test_relations_follow_the_worlds_rule_on_fractions_of_the_image():
+    relations = lambda rec: {q.expected for q in ev.questions_for_image(rec) if q.kind == "relation"}  # noqa: E731
+    # 200 x 50 pixels, centres (20, 10) and (60, 30): 40 px across but 20 px down, yet in fractions of the
+    # image 0.2 across and 0.4 down: the red circle is above the blue square, not left of it.
+    wide = _record(200, 50, ("red circle", "small", (10, 0, 20, 20)), ("blue square", "small", (50, 20, 20, 20)))
+    assert relation((0.1, 0.2), (0.3, 0.6)) == "above" and relations(wide) in ({"above"}, {"below"})  # one question per pair
+    # 7 px apart in a 64 px image is 0.109, under the world's minimum offset: no relation question.
+    close = _record(64, 64, ("red circle", "small", (10, 20, 10, 10)), ("blue square", "small", (17, 20, 10, 10)))
+    assert relations(close) == set()
+    # Names are the world's unique_name: two red circles are told apart by size, two of one size not at all.
+    pair = _record(64, 64, ("red circle", "small", (0, 0, 10, 10)), ("red circle", "large", (40, 0, 20, 20)))
+    asked = [q for q in ev.questions_for_image(pair) if q.kind == "relation"]
+    assert len(asked) == 1 and "small red circle" in asked[0].question and "large red circle" in asked[0].question
+    same = _record(64, 64, ("red circle", "small", (0, 0, 10, 10)), ("red circle", "small", (40, 0, 10, 10)))
+    assert relations(same) == set()
 
 
 def test_question_set_is_balanced_deterministic_and_varied(records, questions):
@@ -266,77 +262,6 @@ def test_chair_and_recall_on_hand_written_descriptions():
     assert empty["chair_i"] is None and empty["recall"] is None and empty["chair_s"] == 0
 
 
-# ----------------------------------------------------------------------------- running the model
-
-
-def test_blind_images_are_identical_and_give_identical_logits(model, tokenizer, processor, records):
-    images = [records[0].load_image(), records[1].load_image()]
-    seeing = ev.prepare_images(images, processor)
-    blind = ev.prepare_images(images, processor, blind=True)
-    assert not torch.equal(seeing[0], seeing[1])
-    assert torch.equal(blind[0], blind[1])
-    # The blank canvas is the processor's mean colour: after normalisation it is ~0 everywhere.
-    assert blind.abs().max() < 0.02
-    ids = torch.stack([build_prompt(tokenizer, "What colour is the star?", N_IMAGE)] * 2)
-    with torch.no_grad():
-        see = model(ids, seeing, return_logits=True).logits
-        blank = model(ids, blind, return_logits=True).logits
-    assert (see[0] - see[1]).abs().max() > 1e-3  # the image moves the logits ...
-    torch.testing.assert_close(blank[0], blank[1], atol=1e-5, rtol=0)  # ... unless it is blanked (fp noise aside)
-
-
-def test_batched_left_padded_answers_equal_one_at_a_time(model, tokenizer, processor, records):
-    images = [records[0].load_image(), records[1].load_image()]
-    items = [(images[0], "What colour is the star?"), (images[1], "How many shapes are in this picture, can you count?"),
-             (images[0], "Is there a red circle?"), (images[1], "What colour is the star?")]
-    # Batches of 3: the first holds one image twice (its features computed once), the second a lone item.
-    batched = ev.generate_answers(model, tokenizer, processor, items, batch_size=3, max_new_tokens=6)
-    single = [ev.chat(model, tokenizer, processor, image, q, max_new_tokens=6) for image, q in items]
-    assert batched == single
-    assert any(batched)
-    follow_up = ev.chat(model, tokenizer, processor, images[0], "And the circle?", history=[(items[0][1], batched[0])],
-                        max_new_tokens=3)
-    assert isinstance(follow_up, str)
-
-
-def test_answers_through_a_peft_wrapper_and_training_mode_restored(tokenizer, processor, records, model):
-    from peft import LoraConfig, get_peft_model
-
-    items = [(records[0].load_image(), "What colour is the star?")]
-    plain = ev.generate_answers(model, tokenizer, processor, items, max_new_tokens=5)
-    wrapped = get_peft_model(make_model(tokenizer), LoraConfig(
-        r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))  # B = 0: same outputs as the plain model
-    wrapped.train()
-    assert ev.generate_answers(wrapped, tokenizer, processor, items, max_new_tokens=5) == plain
-    assert wrapped.get_base_model().training  # evaluation put it in eval mode and back
-
-
-def test_evaluate_model_end_to_end_and_blind_ignores_the_image(model, tokenizer, processor, records, world):
-    recs = records[:6]
-    result = ev.evaluate_model(model, tokenizer, processor, recs, world / "images" / "test", seed=SEED,
-                               max_new_tokens=6, n_descriptions=3, description_max_new_tokens=12, batch_size=4)
-    qs = ev.make_questions(recs, seed=SEED)
-    assert len(result["answers"]) == len(qs) == sum(result["n"].values())
-    for row, q in zip(result["answers"], qs):
-        assert (row["question"], row["expected"]) == (q.question, q.expected)
-        assert row["correct"] == ev.is_correct(q.kind, row["answer"], q.expected)
-    assert 0 <= result["micro"] <= 1 and 0 <= result["macro"] <= 1
-    assert result["macro"] == pytest.approx(sum(result["accuracy"].values()) / len(result["accuracy"]))
-    d = result["description"]
-    assert d["descriptions"] == 3 and len(d["items"]) == 3 and d["objects"] == sum(len(r.objects) for r in recs[:3])
-    assert json.dumps(result)  # everything in it can go to a file
-
-    # Blind: the same question on different images gets the same answer (the image is never seen).
-    same_q = [ev.Question(r.image_id, r.file_name, "count", "How many shapes are in this picture?", str(len(r.objects)),
-                          "") for r in recs]
-    blind = ev.evaluate_model(model, tokenizer, processor, recs, questions=same_q, blind=True, max_new_tokens=6,
-                              n_descriptions=0)
-    assert len({a["answer"] for a in blind["answers"]}) == 1
-    assert blind["blind"] and blind["description"] is None
-    seeing = ev.evaluate_model(model, tokenizer, processor, recs, questions=same_q, max_new_tokens=6, n_descriptions=0)
-    assert seeing["settings"]["blind"] is False
-
-
 # ----------------------------------------------------------------------------- comparison
 
 
@@ -426,47 +351,3 @@ def test_judge_items_from_a_result(records):
     assert kinds["detail"] == 1 and all(v <= 2 for v in kinds.values())
     detail = next(i for i in items if i["kind"] == "detail")
     assert len(detail["reference"].split()) > 8 and recs[0].captions[0] in detail["context"]
-
-
-# ----------------------------------------------------------------------------- the LM told the scene as text
-
-
-class _TextReader(torch.nn.Module):
-    """A stand-in LM that answers existence questions by reading the box lines of its prompt: 'yes' iff a
-    box line names the asked-for thing ('green square', or a bare 'square'); 'green' to everything else."""
-
-    def __init__(self, tokenizer):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.device = torch.device("cpu")
-        self.prompts = []
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            prompt = self.tokenizer.decode([i for i, m in zip(ids, mask) if m])
-            self.prompts.append(prompt)
-            boxed = re.findall(r"^(\w+ \w+): \[", prompt, flags=re.M)
-            asked = re.search(r"(?:Is there|Do you see|Does the image contain|Can) an? ([\w ]+?)(?: in| be|\?)", prompt)
-            found = asked and any(c == asked.group(1) or c.endswith(" " + asked.group(1)) for c in boxed)
-            reply = ("Yes." if found else "No.") if asked else "green"
-            rows.append(ids + self.tokenizer(reply, add_special_tokens=False)["input_ids"])
-        width = max(map(len, rows))  # replies of different lengths: pad after them, as generate does
-        return torch.tensor([r + [self.tokenizer.pad_token_id or 0] * (width - len(r)) for r in rows])
-
-
-def test_text_scene_puts_each_scene_in_its_prompt_and_scores_like_evaluate_model(tokenizer, records):
-    recs = records[:30]
-    qs = [q for q in ev.make_questions(recs, seed=SEED) if q.kind in ("existence", "colour")]
-    reader = _TextReader(tokenizer)
-    result = ev.evaluate_text_scene(reader, tokenizer, recs, qs, batch_size=7)
-    assert [r["question"] for r in result["answers"]] == [q.question for q in qs]
-    by_id = {r.image_id: r for r in recs}
-    for prompt, q in zip(reader.prompts, qs):
-        assert context_text(by_id[q.image_id]) in prompt and q.question in prompt
-    assert result["accuracy"]["existence"] == 1.0  # a perfect reader of the boxes, scored as such
-    colour = [r for r in result["answers"] if r["kind"] == "colour"]
-    assert all(r["correct"] == (r["expected"] == "green") for r in colour)
-    assert result["settings"]["text_scene"] and result["description"] is None
-    with pytest.raises(ValueError, match="not among the records"):
-        ev.evaluate_text_scene(reader, tokenizer, recs[:1], qs[-1:])

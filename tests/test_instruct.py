@@ -7,8 +7,8 @@ import pytest
 
 from llava_mini.world import read_split
 from llava_mini.teacher import (
-    IMAGE_TOKEN, ResponseCache, ResponseRejected, caption_records, check_record, generate_instruct_data,
-    make_record, naive_text, parse_qa_pairs, read_records, record_type, validate_response,
+    EMPTY_REPLY, IMAGE_TOKEN, RecordError, ResponseCache, ResponseRejected, caption_records, generate_instruct_data,
+    load_records, make_record, naive_text, parse_qa_pairs, record_type, validate_record, validate_response,
 )
 from llava_mini.course import course_instruct_data
 from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS
@@ -88,7 +88,7 @@ def test_records_put_the_image_once_in_the_first_turn():
     positions = set()
     for k in range(40):
         rec = make_record(f"x{k}", "1.png", [("Q1?", "A1."), ("Q2?", "A2.")], random.Random(k))
-        check_record(rec)
+        validate_record(rec)
         first = rec["conversations"][0]["value"]
         positions.add(first.startswith(IMAGE_TOKEN))
         assert first.replace(IMAGE_TOKEN, "").strip() == "Q1?"
@@ -96,7 +96,7 @@ def test_records_put_the_image_once_in_the_first_turn():
     assert positions == {True, False}  # before and after the text, at random
 
 
-def test_check_record_catches_broken_records():
+def test_validate_record_catches_broken_records():
     good = make_record("a", "1.png", [("Q?", "A.")], random.Random(0))
     for broken in (
         {"id": "a", "image": "1.png"},
@@ -104,15 +104,15 @@ def test_check_record_catches_broken_records():
         {**good, "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]},
         {**good, "conversations": [{"from": "gpt", "value": "<image>\nQ?"}, {"from": "human", "value": "A."}]},
     ):
-        with pytest.raises(ValueError):
-            check_record(broken)
+        with pytest.raises(RecordError, match="record 'a'"):
+            validate_record(broken)
 
 
 def test_naive_baseline(records):
     recs = caption_records(records, seed=0)
     assert len(recs) == sum(len(r.captions) for r in records)
     first = recs[0]
-    check_record(first)
+    validate_record(first)
     assert len(first["conversations"]) == 2
     q = first["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
     assert q in BRIEF_INSTRUCTIONS
@@ -145,6 +145,17 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     assert [json.loads(line)["key"] for line in lines] == ["k1", "k2", "k3"]
 
 
+def test_cache_never_keeps_an_empty_reply(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"key": "old", "response": "  "}) + "\n")  # written by an older version
+    cache = ResponseCache(path)
+    assert "old" not in cache and len(cache) == 0
+    cache.put("new", "")
+    cache.put("old", "an answer at last")
+    cache.close()
+    assert ResponseCache(path).entries == {"old": "an answer at last"}
+
+
 # ----------------------------------------------------------------------------- runner
 
 
@@ -172,11 +183,12 @@ def test_runner_counts_failures_and_resumes(tmp_path, records):
     result = generate_instruct_data(records, teacher, cache_file=cache, progress=False)
     s = result.summary
     units = len(records) * 3
-    failed = s["teacher_failures"]["failed after retries"]
-    assert failed == units // 4
-    assert sum(s["rejected"].values()) > 0
-    assert s["total_records"] + sum(s["rejected"].values()) + failed == units
-    # Rerun: only the failed calls go to the teacher again; nothing is asked twice.
+    assert s["teacher_failures"]["failed after retries"] == units // 4
+    assert s["teacher_failures"][EMPTY_REPLY] > 0 and s["rejected"]["no question/answer pairs"] > 0
+    failed = sum(s["teacher_failures"].values())  # failures and empty replies: not cached
+    assert s["total_records"] + sum(s["rejected"].values()) + failed == units == len(ResponseCache(cache)) + failed
+    assert s["missing"] == failed and s["teacher_calls"] == units - units // 4
+    # Rerun: only the failed and the empty calls go to the teacher again; nothing is asked twice.
     teacher2 = FlakyTeacher()
     teacher2.calls = 1  # shift the failure pattern
     again = generate_instruct_data(records, teacher2, cache_file=cache, progress=False)
@@ -185,6 +197,29 @@ def test_runner_counts_failures_and_resumes(tmp_path, records):
     ids = [r["id"] for r in again.records]
     assert len(ids) == len(set(ids))
     assert len(again.records) >= len(result.records)
+
+
+def test_an_empty_reply_is_asked_again_next_run(tmp_path, records):
+    class EmptyOnce(SymbolicTeacher):
+        def __init__(self, empty):
+            super().__init__(0)
+            self.empty, self.calls = empty, 0
+
+        def complete(self, messages):
+            self.calls += 1
+            return self.empty if self.calls == 1 else super().complete(messages)
+
+    cache, units = tmp_path / "c.jsonl", len(records) * 3
+    reference = generate_instruct_data(records, progress=False).records
+    first = generate_instruct_data(records, EmptyOnce(" \n"), cache_file=cache, progress=False)
+    assert first.summary["teacher_failures"] == {EMPTY_REPLY: 1} and first.summary["missing"] == 1
+    assert first.summary["rejected"] == {} and len(first.records) == units - 1 == len(ResponseCache(cache))
+    teacher = EmptyOnce("")
+    teacher.calls = 1  # answers well from now on
+    second = generate_instruct_data(records, teacher, cache_file=cache, progress=False)
+    assert teacher.calls == 2 and second.summary["cache_hits"] == units - 1  # only the gap is asked
+    assert second.summary["missing"] == 0 and second.summary["teacher_failures"] == {}
+    assert second.records == reference  # the gap is filled
 
 
 def test_runner_stops_on_budget(tmp_path, records):
@@ -210,7 +245,7 @@ def test_runner_output_is_llava_instruct(tmp_path, records):
     result = generate_instruct_data(
         records, out_file=tmp_path / "out.json", stage1_file=tmp_path / "s1.json",
         summary_file=tmp_path / "summary.json", progress=False, workers=2)
-    loaded = read_records(tmp_path / "out.json")
+    loaded = load_records(tmp_path / "out.json")
     assert loaded == result.records
     assert [r["id"] for r in loaded] == [f"{r.file_name[:-4]}_{t}" for r in records for t in ("conversation", "detail", "complex")]
     assert {r["image"] for r in loaded} == {r.file_name for r in records}
@@ -218,7 +253,7 @@ def test_runner_output_is_llava_instruct(tmp_path, records):
     assert all(d["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip() in DETAILED_INSTRUCTIONS for d in detail)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["records"] == {"complex": len(records), "conversation": len(records), "detail": len(records)}
-    assert summary["stage1_records"] == len(read_records(tmp_path / "s1.json"))
+    assert summary["stage1_records"] == len(load_records(tmp_path / "s1.json"))
     assert result.examples["conversation"][0]["messages"][-1]["role"] == "user"
 
 
@@ -233,7 +268,7 @@ def test_course_data_is_reused(tmp_path, world):
     assert forced["instruct"].read_text() == first  # deterministic
     summary = json.loads(paths["summary"].read_text())
     assert summary["cache_hits"] == summary["total_records"] + sum(summary["rejected"].values())
-    for rec in read_records(paths["instruct"]):
+    for rec in load_records(paths["instruct"]):
         assert (paths["images"] / rec["image"]).exists()
 
 

@@ -1,28 +1,54 @@
-"""The memory estimate: sane orderings, the H100 anchor, and counting formulas that match real modules."""
+"""The memory estimate: shapes from config.json, sane orderings, the H100 anchor, and counting formulas
+that match real modules."""
+
+import json
 
 import pytest
-from transformers import AutoConfig, CLIPVisionModel, LlamaForCausalLM
+from transformers import AutoConfig, CLIPVisionModel, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from llava_mini.config import get_preset
+from llava_mini.model import Projector
 from llava_mini.paths import DATA_DIR
-from llava_mini.train import estimate_memory
+from llava_mini.train import estimate_memory, parameter_counts, tower_config
 
 
-def test_tiny_shape_matches_the_shipped_backbones():
-    shape = get_preset("tiny").shape
-    vision = AutoConfig.from_pretrained(DATA_DIR / "backbones" / "vision").vision_config
-    lm = AutoConfig.from_pretrained(DATA_DIR / "backbones" / "lm")
-    assert (shape.vision_hidden, shape.vision_layers, shape.vision_intermediate) == (
-        vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size)
-    assert (shape.image_size, shape.patch_size) == (vision.image_size, vision.patch_size)
-    assert (shape.lm_hidden, shape.lm_layers, shape.lm_intermediate, shape.lm_heads, shape.lm_kv_heads) == (
-        lm.hidden_size, lm.num_hidden_layers, lm.intermediate_size, lm.num_attention_heads, lm.num_key_value_heads)
-    assert (shape.vocab_size, shape.tied_embeddings) == (lm.vocab_size, lm.tie_word_embeddings)
-    # The counting formulas agree with real modules of that shape.
-    lm_params = sum(p.numel() for p in LlamaForCausalLM(lm).parameters())
-    vision_params = sum(p.numel() for p in CLIPVisionModel(vision).parameters())
-    assert shape.lm_linear_params() + shape.lm_other_params() == pytest.approx(lm_params, rel=0.01)
-    assert shape.vision_params() == pytest.approx(vision_params, rel=0.01)
+def test_shapes_come_from_each_towers_config_json():
+    # Local folders (tiny) are read as they are.
+    clip = AutoConfig.from_pretrained(DATA_DIR / "backbones" / "vision")
+    assert tower_config("tiny", "vision").to_dict() == clip.vision_config.to_dict()
+    shipped, lm = json.loads((DATA_DIR / "backbones" / "lm" / "config.json").read_text()), tower_config("tiny", "lm")
+    assert [getattr(lm, k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")] == [
+        shipped[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")]
+    # Hub towers: their published config.json, shipped under data/shapes/<preset>/ (no network needed).
+    vision, lm = tower_config("colab", "vision"), tower_config("colab", "lm")
+    assert (vision.hidden_size, vision.image_size, vision.patch_size) == (768, 224, 16)
+    assert (lm.hidden_size, lm.num_key_value_heads, lm.vocab_size, lm.tie_word_embeddings) == (896, 2, 151_936, True)
+    vision, lm = tower_config("paper", "vision"), tower_config("paper", "lm")
+    assert (vision.hidden_size, vision.image_size, vision.patch_size, lm.num_hidden_layers) == (1024, 336, 14, 32)
+    assert lm.tie_word_embeddings is False and lm.vocab_size == 32_000
+    # A preset pointed at a local folder reads that folder, not the shipped hub shapes.
+    moved = get_preset("colab", model={"lm": str(DATA_DIR / "backbones" / "lm")})
+    assert tower_config(moved, "lm").hidden_size == 256 and tower_config(moved, "vision").hidden_size == 768
+
+
+def test_counting_formulas_match_real_modules():
+    vision, lm = tower_config("tiny", "vision"), tower_config("tiny", "lm")
+    counts = parameter_counts(vision, lm)
+    assert counts["lm_linear"] + counts["lm_other"] == pytest.approx(
+        sum(p.numel() for p in LlamaForCausalLM(lm).parameters()), rel=0.01)
+    assert counts["vision"] == pytest.approx(sum(p.numel() for p in CLIPVisionModel(vision).parameters()), rel=0.01)
+    assert counts["projector"] == sum(p.numel() for p in Projector(vision.hidden_size, lm.hidden_size).parameters())
+    # Grouped-query attention and tied embeddings (Qwen2.5's layout), on a small config of that family.
+    qwen = Qwen2Config(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=500, tie_word_embeddings=True)
+    counts = parameter_counts(vision, qwen, lora_r=4)
+    assert counts["lm_linear"] + counts["lm_other"] == pytest.approx(
+        sum(p.numel() for p in Qwen2ForCausalLM(qwen).parameters()), rel=0.01)  # (q, k, v biases not counted)
+    # LoRA: A (r x in) + B (out x r) on each of the 7 linears of each layer, as peft adds them.
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(Qwen2ForCausalLM(qwen), LoraConfig(r=4, target_modules="all-linear"))
+    assert counts["lora"] == sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
 
 
 def test_memory_estimate_is_sane():
@@ -43,3 +69,12 @@ def test_memory_estimate_is_sane():
     assert 9 < anchor.total < 13
     text = str(anchor)
     assert "total" in text and "LoRA r=128" in text and "NF4" in text
+
+
+def test_estimates_of_the_presets_stay_what_they_were():
+    """The numbers the hand-copied shapes gave, before the shapes came from config.json (GiB, stage1/lora/qlora)."""
+    expected = {"tiny": (0.1290, 0.2326, 0.2283), "colab": (7.3402, 2.0750, 1.8341),
+                "paper": (17.9446, 24.0315, 12.6508)}
+    for name, totals in expected.items():
+        got = tuple(estimate_memory(name, mode).total for mode in ("stage1", "lora", "qlora"))
+        assert got == pytest.approx(totals, abs=1e-4), name

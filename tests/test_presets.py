@@ -81,8 +81,7 @@ def standins(tmp_path_factory):
 
 def test_presets_hold_the_llava_recipe():
     paper = get_preset("paper")
-    assert (paper.vision, paper.lm) == ("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
-    assert paper.shape.num_image_tokens == 576
+    assert (paper.model.vision, paper.model.lm) == ("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
     stage1, lora, qlora = (paper.train_config(s) for s in ("stage1", "lora", "qlora"))
     assert (stage1.stage, stage1.lr, stage1.batch_size) == (1, 1e-3, 256)
     assert (lora.stage, lora.lora_r, lora.lora_alpha, lora.lr, lora.projector_lr) == (2, 128, 256, 2e-4, 2e-5)
@@ -90,13 +89,31 @@ def test_presets_hold_the_llava_recipe():
     for cfg in (stage1, lora, qlora):
         assert cfg.warmup_ratio == 0.03 and cfg.weight_decay == 0.0
     colab = get_preset("colab")
-    assert colab.vision == "openai/clip-vit-base-patch16" and colab.lm == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert colab.model.vision == "openai/clip-vit-base-patch16" and colab.model.lm == "Qwen/Qwen2.5-0.5B-Instruct"
     assert colab.train_config("qlora").qlora
     tiny = get_preset("tiny")
-    assert (DATA_DIR / "backbones" / "vision" / "config.json").exists() and tiny.data == "course"
+    assert (DATA_DIR / "backbones" / "vision" / "config.json").exists() and tiny.data.source == "course"
     assert tiny.train_config("lora", max_steps=7).max_steps == 7
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
+    with pytest.raises(ValueError, match="no such field"):
+        tiny.train_config("lora", max_stpes=7)
+
+
+def test_a_run_config_is_one_tree_and_one_key():
+    tiny = get_preset("tiny")
+    run = tiny.run_config("lora", max_steps=7)
+    tree = run.to_dict()
+    assert set(tree) >= {"world", "data", "model", "train", "evaluation"} and tree["train"]["max_steps"] == 7
+    assert json.loads(json.dumps(tree)) == tree and "max_length=224" in str(run)
+    key = run.key("towers", "records")
+    assert key == tiny.run_config("lora", max_steps=7, progress=False, output_dir="elsewhere").key("towers", "records")
+    changed = [tiny.run_config("lora", max_steps=8), get_preset(tiny, data={"max_length": 200}).run_config("lora"),
+               get_preset(tiny, world={"seed": 1}).run_config("lora"), get_preset(tiny, model={"system_prompt": "Hi"}).run_config("lora")]
+    assert all(r.key("towers", "records") != key for r in changed)
+    assert run.key("other towers", "records") != key and run.key("towers", "other records") != key
+    # The evaluation settings are recorded but do not change the weights, so they are not in the key.
+    assert get_preset(tiny, evaluation={"images": 5}).run_config("lora", max_steps=7).key("towers", "records") == key
 
 
 # ----------------------------------------------------------------------------- hub presets, offline
@@ -105,7 +122,7 @@ def test_presets_hold_the_llava_recipe():
 def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
     import bitsandbytes as bnb
 
-    preset = get_preset("colab", vision=str(standins["clip"]), lm=str(standins["qwen"]), shape=STANDIN_SHAPE)
+    preset = get_preset("colab", model={"vision": str(standins["clip"]), "lm": str(standins["qwen"])}, shape=STANDIN_SHAPE)
     tokenizer, processor = load_processors(preset)
     assert tokenizer.chat_template == CHATML  # the model's own template is kept
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -118,7 +135,7 @@ def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.language_model.modules()) == 14
     assert model.projector.linear_1.weight.dtype == torch.float32
     dataset = LlavaInstructDataset(standins["records"], standins["images"], tokenizer, processor, model.num_image_tokens,
-                                   max_length=preset.max_length, system_prompt=preset.system_prompt)
+                                   max_length=preset.data.max_length, system_prompt=preset.model.system_prompt)
     result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
     assert len(result.history) == 2 and all(np.isfinite(r["loss"]) for r in result.history)
     run = json.loads((result.checkpoint_dir / "run.json").read_text())
@@ -126,18 +143,18 @@ def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
 
 
 def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
-    preset = get_preset("paper", vision=str(standins["clip"]), lm=str(standins["vicuna"]), shape=STANDIN_SHAPE)
+    preset = get_preset("paper", model={"vision": str(standins["clip"]), "lm": str(standins["vicuna"])}, shape=STANDIN_SHAPE)
     tokenizer, processor = load_processors(preset)
     assert tokenizer.chat_template == VICUNA_TEMPLATE
     assert tokenizer.pad_token == "<unk>"  # LLaVA pads Vicuna with unk
     record = json.loads(standins["records"].read_text())[1]  # two QA pairs
-    encoded = encode_conversation(record, tokenizer, 16, system_prompt=preset.system_prompt)
+    encoded = encode_conversation(record, tokenizer, 16, system_prompt=preset.model.system_prompt)
     answers = tokenizer.decode([t for t in encoded.labels if t != -100])
     assert [a.strip() for a in answers.split("</s>")] == ["The square is blue.", "It is a square.", ""]
     model = load_base(preset, tokenizer, precision="fp32")
     assert model.num_image_tokens == 16 and model.vision_tower.__class__.__name__ == "CLIPVisionModel"
     dataset = LlavaInstructDataset(standins["records"], standins["images"], tokenizer, processor, 16,
-                                   system_prompt=preset.system_prompt)
+                                   system_prompt=preset.model.system_prompt)
     batch = LlavaCollator(tokenizer.pad_token_id)([dataset[i] for i in range(2)])
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
@@ -146,7 +163,7 @@ def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
 def test_course_data_follows_the_presets_world_size(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path))
     sizes = {"train": 9, "val": 2, "test": 3}
-    data = course.training_data(get_preset("tiny", world_sizes=sizes))
+    data = course.training_data(get_preset("tiny", world={"sizes": sizes}))
     assert len(list(data["images"].glob("*.png"))) == 9
     assert len({r["image"] for r in json.loads(data["instruct"].read_text())}) == 9
 
@@ -156,28 +173,64 @@ def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="coco_llava_instruct_train.json"):
         course.training_data("colab")
     preset = get_preset("colab")
-    for relative in (preset.stage1_file, preset.instruct_file):
+    for relative in (preset.data.stage1_file, preset.data.instruct_file):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("[]")
-    (tmp_path / preset.image_folder).mkdir(parents=True)
+    (tmp_path / preset.data.image_folder).mkdir(parents=True)
     assert course.training_data("colab")["images"] == tmp_path / "coco" / "train2017"
+
+
+def standin_preset(standins):
+    return get_preset("colab", name="standin", shape=STANDIN_SHAPE,
+                      model={"vision": str(standins["clip"]), "lm": str(standins["qwen"])},
+                      data={"stage1_file": str(standins["records"]), "instruct_file": str(standins["records"]),
+                            "image_folder": str(standins["images"])},
+                      stages={k: {**v, "precision": "fp32", "gradient_checkpointing": False, "batch_size": 4,
+                                  "micro_batch_size": 2, "max_steps": 2} for k, v in get_preset("colab").stages.items()})
 
 
 def test_cli_trains_a_preset(standins, tmp_path, monkeypatch, capsys):
     from llava_mini.train.__main__ import main
 
     monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path / "work"))
-    preset = replace(get_preset("colab", vision=str(standins["clip"]), lm=str(standins["qwen"]), shape=STANDIN_SHAPE),
-                     name="standin", data="files", stage1_file=str(standins["records"]),
-                     instruct_file=str(standins["records"]), image_folder=str(standins["images"]))
-    monkeypatch.setitem(presets.PRESETS, "standin", preset)
-    out = tmp_path / "cli"
-    main(["--preset", "standin", "--stage", "1", "--max-steps", "2", "--batch-size", "4", "--micro-batch-size", "4",
-          "--precision", "fp32", "--progress", "false", "--output-dir", str(out)])
+    monkeypatch.setitem(presets.PRESETS, "standin", standin_preset(standins))
+    main(["--preset", "standin", "--stage", "1", "--progress", "false"])
     printed = capsys.readouterr().out
-    assert "estimated peak training memory" in printed and "final loss" in printed
-    assert (out / "final" / "projector.safetensors").exists() and (out / "loss.png").exists()
-    main(["--preset", "standin", "--stage", "2", "--qlora", "--projector-from", str(out / "final"),
-          "--max-steps", "1", "--batch-size", "4", "--micro-batch-size", "2", "--precision", "fp32",
-          "--gradient-checkpointing", "false", "--progress", "false", "--output-dir", str(tmp_path / "cli2")])
-    assert (tmp_path / "cli2" / "final" / "adapter" / "adapter_config.json").exists()
+    assert "estimated peak training memory" not in printed and "run config: preset 'standin', stage1" in printed
+    assert "final loss" in printed
+    (stage1,) = (tmp_path / "work" / "checkpoints").glob("standin-stage1-*")
+    assert (stage1 / "final" / "projector.safetensors").exists() and (stage1 / "loss.png").exists()
+    main(["--preset", "standin", "--stage", "2", "--qlora", "--projector-from", str(stage1 / "final"),
+          "--max-steps", "1", "--progress", "false"])
+    (stage2,) = (tmp_path / "work" / "checkpoints").glob("standin-qlora-*")
+    assert (stage2 / "final" / "adapter" / "adapter_config.json").exists()
+    run = json.loads((stage2 / "final" / "run.json").read_text())
+    assert run["run_config"]["train"]["max_steps"] == 1 and run["run_config"]["init_from"].startswith("projector ")
+
+
+def test_the_cli_and_the_notebooks_find_each_others_models(standins, tmp_path, monkeypatch, capsys):
+    """One naming rule: a model the command line trained is the one course_model loads, and the reverse."""
+    from llava_mini.train.__main__ import main
+
+    monkeypatch.setenv("LLAVA_MINI_WORK", str(tmp_path / "work"))
+    monkeypatch.setitem(presets.PRESETS, "standin", standin_preset(standins))
+    main(["--preset", "standin", "--stage", "1", "--progress", "false"])
+    (folder,) = (tmp_path / "work" / "checkpoints").glob("standin-stage1-*")
+    trained = (folder / "final" / "projector.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    course.course_model("stage1", "standin", progress=False)  # the notebook's call
+    assert "run config" not in capsys.readouterr().out  # nothing was trained again
+    assert (folder / "final" / "projector.safetensors").stat().st_mtime_ns == trained
+    assert len(course.course_history("stage1", "standin")) == 2
+
+    course.course_model("lora", "standin", max_steps=1, progress=False)  # the notebook trains stage 2 ...
+    (lora,) = (tmp_path / "work" / "checkpoints").glob("standin-lora-*")
+    trained = (lora / "final" / "run.json").stat().st_mtime_ns
+    capsys.readouterr()
+    main(["--preset", "standin", "--stage", "2", "--max-steps", "1", "--progress", "false"])  # ... the CLI finds it
+    assert "run config" not in capsys.readouterr().out
+    assert (lora / "final" / "run.json").stat().st_mtime_ns == trained
+    assert len(list((tmp_path / "work" / "checkpoints").glob("standin-*"))) == 2
+    # Another config is another key: a new folder, trained, never the stale one.
+    course.course_model("stage1", "standin", max_steps=3, progress=False)
+    assert len(list((tmp_path / "work" / "checkpoints").glob("standin-stage1-*"))) == 2

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llava_mini.english import NUMBER_WORDS
 from llava_mini.world import shapes as world
-from llava_mini.world import read_split
+from llava_mini.world import RELATIONS, Scene, WorldObject, make_captions, read_split, relation
 from llava_mini.world import WorldConfig, generate_world, image_id_for, scene_with_captions
 
 SIZES = {"train": 40, "val": 10, "test": 10}
@@ -176,7 +177,7 @@ def test_boxes_are_tight_around_the_drawn_shapes(world_a):
 COLOURS = "|".join(world.COLORS)
 SHAPE_WORDS = "|".join(world.SHAPES)
 PHRASE = rf"an? (?:(small|medium|large) )?(?:({COLOURS}) )?({SHAPE_WORDS})\b"
-NUMBERS = {w: n for n, w in world.NUMBER_WORDS.items()}
+NUMBERS = {w: n for n, w in enumerate(NUMBER_WORDS)}
 
 
 def _matches(obj, size, colour, shape) -> bool:
@@ -184,7 +185,7 @@ def _matches(obj, size, colour, shape) -> bool:
 
 
 def _true_relation(a, b, rel: str) -> bool:
-    """Checked on the boxes themselves, stricter than the generator's rule (centres)."""
+    """Checked on the boxes themselves, stricter than the generator's rule (centres, relations.py)."""
     ax, ay, aw, ah = a.bbox
     bx, by, bw, bh = b.bbox
     return {
@@ -279,3 +280,40 @@ def test_the_checker_catches_false_captions(scenes):
     for caption in false_captions:
         with pytest.raises(AssertionError):
             check_caption(caption, scene.objects)
+
+
+def test_captions_state_a_relation_by_the_shared_rule(scenes):
+    """relations.relation on centres in fractions of the image decides, the same rule as the teacher's
+    and the evaluation's: a relation caption holds for its pair by that rule, and a pair that the rule
+    leaves unclear (centres 6 px = 0.094 of the image apart) is never put in a relation."""
+    stated = 0
+    for scene, captions in scenes:
+        names = {}
+        for o in scene.objects:
+            names.setdefault(o.category, []).append(o)
+        for caption in captions:
+            for rel in (r for r in RELATIONS if f" {r} " in caption):
+                fractions = {id(o): (o.center[0] / 64, o.center[1] / 64) for o in scene.objects}
+                assert any(relation(fractions[id(a)], fractions[id(b)]) == rel
+                           for a in scene.objects for b in scene.objects if a is not b), caption
+                stated += 1
+    assert stated > 50
+
+    def captions_of(dx: int) -> list[str]:
+        a, b = WorldObject("circle", "red", "small", (20, 24, 16, 16)), WorldObject("square", "blue", "small", (20 + dx, 24, 16, 16))
+        scene = Scene(1, (a, b), ((236, 236, 236), (236, 236, 236)), False)
+        return [c for seed in range(40) for c in make_captions(scene, np.random.default_rng(seed))]
+
+    assert not any(r in c for c in captions_of(6) for r in RELATIONS)  # the old pixel rule said "left of"
+    assert any("to the left of" in c or "to the right of" in c for c in captions_of(20))
+
+
+def test_a_world_of_another_version_is_redrawn(tmp_path):
+    generate_world(tmp_path, {"train": 2}, seed=0)
+    stamp = json.loads((tmp_path / "world.json").read_text())
+    assert stamp["version"] == world.WORLD_VERSION
+    (tmp_path / "world.json").write_text(json.dumps(stamp | {"version": world.WORLD_VERSION - 1}))
+    marker = tmp_path / "annotations" / "captions_train.json"
+    marker.write_text("stale")
+    generate_world(tmp_path, {"train": 2}, seed=0)
+    assert json.loads(marker.read_text())["info"]["seed"] == 0  # redrawn

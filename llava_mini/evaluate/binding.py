@@ -1,25 +1,14 @@
-"""Binding: can one attention read answer "what colour is the star?" from frozen patch tokens?
-
-A linear probe (data/backbones/report.json) shows that every object patch carries its object's shape
-and colour. A question about one object needs more: *find* the star's patches, then *read* their
-colour — the attribute asked about is bound to the one named. This module trains the smallest model
-that can do that on top of frozen patch tokens:
+"""Binding: can one attention read answer "what colour is the star?" from frozen patch tokens? Each object patch
+carries its shape and colour (data/backbones/report.json's linear probe); the question needs more: *find* the
+star's patches, then *read* their colour. The smallest model that does it, in both directions of DIRECTIONS:
 
     tokens (B, P, D) --key--> (B, P, W) . query(named value) (B, W) --softmax over P--> weights (B, P)
     weights . value(tokens) (B, W) --out--> logits over the answers (B, A)
 
-in both directions:
-
-    colour-by-shape   named = a shape ("star"),  answer = its colour   (shapes that occur once)
-    shape-by-colour   named = a colour ("red"),  answer = its shape    (colours that occur once)
-
-Held-out accuracy near 100% says the patch tokens hold what the question needs and one attention hop
-fetches it; what a trained LLaVA model then gets wrong on those questions is its LM not (yet) learning
-that hop, not the vision tower. ``with_distractor`` counts only images where a wrong answer is there to
-be picked (another colour in the image), the cases a bag-of-attributes reading gets wrong.
+Held-out accuracy near 100% says one attention hop fetches the answer, so what a trained LLaVA model gets wrong
+there is its LM not (yet) learning that hop. ``with_distractor`` counts only images with a wrong answer to pick
+(another colour), the cases a bag-of-attributes reading gets wrong.
 """
-
-from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,21 +17,19 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from llava_mini.world.coco import ImageRecord
+from llava_mini.evaluate.questions import scene_objects
+from llava_mini.evaluate.run import prepare_images
+from llava_mini.model import load_image
+from llava_mini.world import COLORS, SHAPES, ImageRecord
 
-DIRECTIONS = {  # name -> (attribute named in the question, attribute answered)
-    "colour-by-shape": ("shape", "color"),
-    "shape-by-colour": ("color", "shape"),
-}
+DIRECTIONS = {"colour-by-shape": ("shape", "color"), "shape-by-colour": ("color", "shape")}  # (named, answered)
 
 
 @torch.no_grad()
 def patch_tokens(vision_tower, image_processor, records: Sequence[ImageRecord], image_dir: str | Path,
                  layer: int = -2) -> torch.Tensor:
     """(N, P, D): the patch tokens of ``layer`` (CLS dropped) that LlavaMini's projector reads."""
-    from llava_mini.backbones.build import patch_features
-    from llava_mini.model.conversation import load_image
-    from llava_mini.evaluate.core import prepare_images
+    from llava_mini.backbones import patch_features  # a sibling layer: imported only when probing
 
     images = [load_image(Path(image_dir) / r.file_name, record_id=r.image_id) for r in records]
     return patch_features(vision_tower, prepare_images(images, image_processor), layer=layer)
@@ -50,8 +37,8 @@ def patch_tokens(vision_tower, image_processor, records: Sequence[ImageRecord], 
 
 def binding_questions(objects_per_image: Sequence[Sequence], named: str, answered: str,
                       named_values: Sequence[str], answer_values: Sequence[str]) -> torch.Tensor:
-    """(Q, 4) rows (image index, named value index, answer index, distractor 0/1), one per value of
-    ``named`` that occurs exactly once in an image. ``objects_per_image``: objects with .shape/.color."""
+    """(Q, 4) rows (image, named value, answer, distractor 0/1), one per value of ``named`` that occurs
+    exactly once in an image; ``objects_per_image``: objects with .shape and .color."""
     rows = []
     for i, objects in enumerate(objects_per_image):
         for o in objects:
@@ -119,18 +106,14 @@ def fit_attention_read(train_tokens: torch.Tensor, train_q: torch.Tensor, test_t
 def binding_probe(vision_tower, image_processor, train_records: Sequence[ImageRecord], train_dir,
                   test_records: Sequence[ImageRecord], test_dir, steps: int = 500) -> dict[str, BindingResult]:
     """Both directions of DIRECTIONS on world images (records of the shapes world)."""
-    from llava_mini.evaluate.core import scene_objects
-    from llava_mini.world.shapes import COLORS, SHAPES
-
     values = {"shape": list(SHAPES), "color": list(COLORS)}
     train_tokens = patch_tokens(vision_tower, image_processor, train_records, train_dir)
     test_tokens = patch_tokens(vision_tower, image_processor, test_records, test_dir)
-    train_objects = [scene_objects(r) for r in train_records]
-    test_objects = [scene_objects(r) for r in test_records]
     results = {}
     for name, (named, answered) in DIRECTIONS.items():
-        args = (named, answered, values[named], values[answered])
-        results[name] = fit_attention_read(train_tokens, binding_questions(train_objects, *args),
-                                           test_tokens, binding_questions(test_objects, *args),
-                                           len(values[named]), len(values[answered]), steps=steps)
+        vocab = (named, answered, values[named], values[answered])
+        train_q, test_q = (binding_questions([scene_objects(r) for r in records], *vocab)
+                           for records in (train_records, test_records))
+        results[name] = fit_attention_read(train_tokens, train_q, test_tokens, test_q, len(values[named]),
+                                           len(values[answered]), steps=steps)
     return results

@@ -1,12 +1,16 @@
-"""LLaVA: vision tower, projector, language model, and conversations as tensors (notebook 03)."""
+"""Notebook 03, the LLaVA model: projector, llava (composition, splice, saving), conversation (records -> ids
+and labels), images, data (dataset, collator), generate (the one decoding loop), export (to transformers), plots."""
 
 from llava_mini.model.conversation import (  # noqa: F401
     IGNORE_INDEX, TokenizationMismatch, RecordTooLong, to_messages, image_token_id, add_image_token, render_ids,
-    EncodedConversation, encode_conversation, build_prompt, collate_prompts, expand_to_square, mean_colour,
-    image_to_pixel_values, load_image, LlavaInstructDataset, LlavaCollator, draw_token_layout,
+    EncodedConversation, encode_conversation, build_prompt,
 )
+from llava_mini.model.data import LlavaInstructDataset, LlavaCollator  # noqa: F401
+from llava_mini.model.export import export_to_transformers  # noqa: F401
 from llava_mini.model.generate import pad_id, left_pad, generate_ids, decode  # noqa: F401
+from llava_mini.model.images import expand_to_square, mean_colour, image_to_pixel_values, load_image  # noqa: F401
 from llava_mini.model.llava import (  # noqa: F401
-    IGNORE_INDEX, PROJECTOR_TYPES, CONFIG_NAME, PROJECTOR_WEIGHTS, Projector, LlavaMiniConfig, LlavaMiniOutput,
-    LlavaMini, load_vision_tower, build,
+    CONFIG_NAME, PROJECTOR_WEIGHTS, LlavaMiniConfig, LlavaMiniOutput, LlavaMini, load_vision_tower, build,
 )
+from llava_mini.model.plots import draw_token_layout  # noqa: F401
+from llava_mini.model.projector import PROJECTOR_TYPES, Projector  # noqa: F401

@@ -1,11 +1,9 @@
-"""Greedy decoding, written once: evaluation, chat, attention maps, the text-scene check and the local
-teacher all call ``generate_ids``.
+"""Greedy decoding, written once (evaluation, chat, attention maps, the text-scene check, the local teacher).
 
     prompts (T_i,) each --left-pad--> (B, T) --[LlavaMini: splice image tokens]--> LM.generate --> new ids
 
-Prompts are left-padded so every row's last prompt token sits at the same position and generation
-continues all rows together. With a LlavaMini, ``images[i]`` is the image of prompt i; each distinct
-image of a batch goes through the vision tower once (questions about one image share its features).
+Left padding puts every row's last prompt token at the same position, so generation continues all rows
+together. Each distinct image of a batch goes through the vision tower once.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def pad_id(tokenizer) -> int:
@@ -21,20 +20,15 @@ def pad_id(tokenizer) -> int:
 
 def left_pad(prompts: Sequence[torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Prompts (T_i,) -> ``input_ids`` and ``attention_mask`` (B, T), padded on the left."""
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        input_ids[row, longest - len(p):] = p
-        attention_mask[row, longest - len(p):] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    lengths = torch.tensor([len(p) for p in prompts])
+    longest = int(lengths.max())
+    input_ids = torch.stack([F.pad(torch.as_tensor(p, dtype=torch.long), (longest - len(p), 0), value=pad_token_id)
+                             for p in prompts])
+    return {"input_ids": input_ids, "attention_mask": (torch.arange(longest) >= longest - lengths[:, None]).long()}
 
 
 def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
-    for k, token in enumerate(ids):
-        if token in stop:
-            return ids[:k]
-    return ids
+    return next((ids[:k] for k, token in enumerate(ids) if token in stop), ids)
 
 
 @torch.no_grad()
@@ -68,7 +62,8 @@ def generate_ids(model, tokenizer, prompts: Sequence[torch.Tensor], pixel_values
                 distinct = {id(images[i]): images[i] for i in batch}  # in first-seen order
                 slot = {key: row for row, key in enumerate(distinct)}
                 features = model.encode_images(to_pixels(list(distinct.values())).to(lm.device))
-                inputs["inputs_embeds"] = model.splice(inputs.pop("input_ids"), features[[slot[id(images[i])] for i in batch]])
+                rows = [slot[id(images[i])] for i in batch]
+                inputs["inputs_embeds"] = model.splice(inputs.pop("input_ids"), features[rows])
             new = lm.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad,
                               eos_token_id=tokenizer.eos_token_id, **{"do_sample": False, **sampling})
             if "input_ids" in inputs:  # given ids (not embeddings), generate returns prompt + continuation

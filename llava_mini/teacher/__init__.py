@@ -1,21 +1,34 @@
-"""Instruction data from a text-only teacher (notebook 02)."""
+"""Notebook 02: instruction data from a text-only teacher: prompts, the teachers (base, reading, symbolic,
+reasoning, remote), parsing (responses), the record format (records), the cache, the runner and plots."""
 
-from llava_mini.teacher.instruct import (  # noqa: F401
-    STOP, ResponseRejected, parse_qa_pairs, validate_response, make_record, response_to_record, check_record,
-    read_records, record_type, caption_records, naive_text, ResponseCache, cache_key, GenerationResult,
-    generate_instruct_data, summarize, question_kind, plot_generation_stats, show_generated,
+from llava_mini.teacher.base import (  # noqa: F401
+    TeacherError, TeacherFatalError, TeacherBudgetExhausted, Teacher, last_user_message,
 )
+from llava_mini.teacher.cache import cache_key, ResponseCache  # noqa: F401
+from llava_mini.teacher.plots import plot_generation_stats, show_generated  # noqa: F401
 from llava_mini.teacher.prompts import (  # noqa: F401
     RESPONSE_TYPES, SEEDS_DIR, USES_BOXES, SYSTEM_MESSAGES, BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS,
     SeedFormatError, load_seeds, build_messages, record_context, response_type_of, prompt_fingerprint,
     format_messages,
 )
-from llava_mini.teacher.records import (  # noqa: F401
-    IMAGE_TOKEN, ROLES, RecordError, record_id, validate_record, load_records,
+from llava_mini.teacher.reading import (  # noqa: F401
+    COLOR_WORDS, SIZE_WORDS, SHAPE_WORDS, SIZE_RANK, SeenObject, SceneReading, size_word, parse_phrase,
+    read_context,
 )
-from llava_mini.teacher.teachers import (  # noqa: F401
-    TeacherError, TeacherFatalError, TeacherBudgetExhausted, Teacher, COLOR_WORDS, SIZE_WORDS, SHAPE_WORDS,
-    COMMON_COLORS, COMMON_SHAPES, NUMBER_WORDS, SIZE_RANK, plural, number_word, SeenObject, SceneReading,
-    parse_phrase, read_context, format_qa, SymbolicTeacher, ENV_API_KEY, ENV_BASE_URL, ENV_MODEL,
-    teacher_from_env, OpenAITeacher, TransformersTeacher,
+from llava_mini.teacher.reasoning import write_reasoning  # noqa: F401
+from llava_mini.teacher.records import (  # noqa: F401
+    IMAGE_TOKEN, ROLES, STOP, RecordError, record_id, validate_record, load_records, read_records, record_type,
+    make_record, caption_records, naive_text,
+)
+from llava_mini.teacher.remote import (  # noqa: F401
+    ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, teacher_from_env, OpenAITeacher, TransformersTeacher,
+)
+from llava_mini.teacher.responses import (  # noqa: F401
+    ResponseRejected, format_qa, parse_qa_pairs, validate_response, response_to_record,
+)
+from llava_mini.teacher.runner import (  # noqa: F401
+    EMPTY_REPLY, GenerationResult, generate_instruct_data, summarize, question_kind,
+)
+from llava_mini.teacher.symbolic import (  # noqa: F401
+    COMMON_COLORS, COMMON_SHAPES, write_conversation, write_detail, SymbolicTeacher,
 )

@@ -1,32 +1,21 @@
-"""What the teacher is asked: one system message per response type, few-shot seed examples, and the
-instruction lists that stand in for a human's request.
-
-The paper asked a text-only GPT-4 to write three kinds of instruction data about an image it never
-saw, from a symbolic view of it (captions, and for two kinds also boxes):
-
-    conversation   several questions a person might ask about the image, each with a definite answer
-    detail         a rich, complete description of the image
-    complex        one question that needs reasoning over the scene, with a step-by-step answer
-
-A teacher call is a list of chat messages (`build_messages`):
+"""What the teacher is asked. The paper asked a text-only GPT-4 for three kinds of data about an image it
+never saw, from its symbolic view (captions, for two kinds also boxes): a conversation (questions with
+definite answers), a detailed description, and one question needing reasoning, answered step by step.
+One teacher call (`build_messages`), all wording this project's own:
 
     system     SYSTEM_MESSAGES[type]
     user       context of seed example 1           <- few-shot: the teacher sees what a good
     assistant  reference response of example 1        answer to a context looks like
     ...
     user       context of the image we want data for
-
-All wording here is this project's own.
 """
 
-from __future__ import annotations
-
-import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 
+from llava_mini.files import fingerprint, read_json
 from llava_mini.paths import DATA_DIR
+from llava_mini.world import context_text
 
 RESPONSE_TYPES = ("conversation", "detail", "complex")
 SEEDS_DIR = DATA_DIR / "seeds"
@@ -75,70 +64,51 @@ SYSTEM_MESSAGES: dict[str, str] = {
 
 # Stage 1 (feature alignment) asks for a short description; the answer is one caption.
 BRIEF_INSTRUCTIONS: tuple[str, ...] = (
-    "Describe the image briefly.",
-    "Give a short description of this picture.",
-    "What does this image show, in a sentence?",
-    "Summarise the picture in a few words.",
-    "Write a one-line caption for this image.",
-    "Sum up what you see here.",
-    "Tell me briefly what is in the picture.",
-    "Provide a compact description of the scene.",
-    "What is this a picture of? Keep it short.",
-    "Caption this image.",
-    "In one sentence, what is shown here?",
+    "Describe the image briefly.", "Give a short description of this picture.",
+    "What does this image show, in a sentence?", "Summarise the picture in a few words.",
+    "Write a one-line caption for this image.", "Sum up what you see here.",
+    "Tell me briefly what is in the picture.", "Provide a compact description of the scene.",
+    "What is this a picture of? Keep it short.", "Caption this image.", "In one sentence, what is shown here?",
     "Give a quick overview of the image.",
 )
 
 # The human side of a detailed-description record (the teacher only writes the description).
 DETAILED_INSTRUCTIONS: tuple[str, ...] = (
-    "Describe this image in detail.",
-    "Give a thorough description of everything in the picture.",
+    "Describe this image in detail.", "Give a thorough description of everything in the picture.",
     "What can you see in this image? Please be as complete as possible.",
     "Walk me through the contents of this picture, object by object.",
     "Write a detailed account of the scene shown here.",
     "Explain in detail what the image contains and where things are.",
     "Describe every object in the picture, with its appearance and position.",
-    "Paint a full picture in words of what this image shows.",
-    "Tell me everything you notice about this image.",
+    "Paint a full picture in words of what this image shows.", "Tell me everything you notice about this image.",
     "Provide an elaborate description of the image.",
     "Could you describe the picture carefully, leaving nothing out?",
     "Look closely at the image and describe what is there.",
 )
 
 
-# ----------------------------------------------------------------------------- seed examples
-
-
 class SeedFormatError(ValueError):
-    """A few-shot seed file is missing or malformed."""
+    """A few-shot seed file (data/seeds/<type>.json) is missing or malformed; the message names it."""
 
 
 @lru_cache(maxsize=None)
 def _load_seed_file(path: Path) -> tuple[tuple[str, str], ...]:
-    if not path.exists():
-        raise SeedFormatError(f"{path}: seed file not found")
-    try:
-        items = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SeedFormatError(f"{path}: not valid JSON ({e})") from e
+    items = read_json(path, error=SeedFormatError)
     if not isinstance(items, list) or not items:
         raise SeedFormatError(f"{path}: expected a non-empty JSON list of examples")
     seeds = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip() for k in ("context", "response")):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                  for k in ("context", "response")):
             raise SeedFormatError(f"{path}: example {i} needs non-empty 'context' and 'response' strings")
         seeds.append((item["context"].strip(), item["response"].strip()))
     return tuple(seeds)
 
 
 def load_seeds(response_type: str, seeds_dir: str | Path | None = None) -> list[tuple[str, str]]:
-    """The few-shot examples of a response type as (context, reference response) pairs,
-    read from `data/seeds/<type>.json` (a list of {"source", "context", "response"})."""
+    """The few-shot (context, reference response) pairs of a type, from data/seeds/<type>.json."""
     _check_type(response_type)
     return list(_load_seed_file(Path(seeds_dir or SEEDS_DIR) / f"{response_type}.json"))
-
-
-# ----------------------------------------------------------------------------- message assembly
 
 
 def _check_type(response_type: str) -> None:
@@ -146,17 +116,11 @@ def _check_type(response_type: str) -> None:
         raise ValueError(f"unknown response type {response_type!r}; expected one of {RESPONSE_TYPES}")
 
 
-def build_messages(
-    response_type: str,
-    context: str,
-    seeds: list[tuple[str, str]] | None = None,
-    n_shots: int | None = None,
-) -> list[dict[str, str]]:
-    """The chat messages for one teacher call: system, (user context, assistant response) per seed
-    example, then the query context as the last user message.
-
-    `seeds` defaults to the shipped examples of the type; `n_shots` keeps only the first n.
-    """
+def build_messages(response_type: str, context: str, seeds: list[tuple[str, str]] | None = None,
+                   n_shots: int | None = None) -> list[dict[str, str]]:
+    """The chat messages for one teacher call: system, (user context, assistant response) per seed example,
+    then the query context as the last user message. `seeds` defaults to the shipped examples of the type;
+    `n_shots` keeps only the first n."""
     _check_type(response_type)
     if not context or not context.strip():
         raise ValueError("the context is empty: there is nothing for the teacher to read")
@@ -165,17 +129,14 @@ def build_messages(
         seeds = seeds[:n_shots]
     messages = [{"role": "system", "content": SYSTEM_MESSAGES[response_type]}]
     for seed_context, seed_response in seeds:
-        messages.append({"role": "user", "content": seed_context})
-        messages.append({"role": "assistant", "content": seed_response})
+        messages += [{"role": "user", "content": seed_context}, {"role": "assistant", "content": seed_response}]
     messages.append({"role": "user", "content": context.strip()})
     return messages
 
 
 def record_context(record, response_type: str) -> str:
-    """The symbolic context the teacher gets for `record` (a coco.ImageRecord): captions only for
+    """The symbolic context the teacher gets for `record` (a world ImageRecord): captions only for
     conversations, captions + boxes for the other two types."""
-    from llava_mini.world.symbolic import context_text
-
     _check_type(response_type)
     return context_text(record, boxes=USES_BOXES[response_type])
 
@@ -184,26 +145,17 @@ def response_type_of(messages: list[dict[str, str]]) -> str | None:
     """Which response type a message list asks for, judged from its system message (None if unknown)."""
     if not messages or messages[0].get("role") != "system":
         return None
-    system = messages[0].get("content", "")
-    for response_type, text in SYSTEM_MESSAGES.items():
-        if system == text:
-            return response_type
-    return None
+    return next((t for t, text in SYSTEM_MESSAGES.items() if messages[0].get("content") == text), None)
 
 
 def prompt_fingerprint(messages: list[dict[str, str]]) -> str:
-    """A short stable hash of a message list (part of the cache key: change a prompt, and the cache
-    misses instead of serving answers to a different question)."""
-    blob = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """A short stable hash of a message list (change a prompt, and a cache keyed on it misses)."""
+    return fingerprint(messages)
 
 
 def format_messages(messages: list[dict[str, str]], max_chars: int | None = None) -> str:
     """The messages as a readable transcript (for notebooks and logs); `max_chars` shortens each one."""
-    blocks = []
-    for m in messages:
-        text = m["content"]
-        if max_chars is not None and len(text) > max_chars:
-            text = text[:max_chars].rstrip() + " [...]"
-        blocks.append(f"----- {m['role']} -----\n{text}")
-    return "\n".join(blocks)
+    def shorten(text):
+        return text[:max_chars].rstrip() + " [...]" if max_chars is not None and len(text) > max_chars else text
+
+    return "\n".join(f"----- {m['role']} -----\n{shorten(m['content'])}" for m in messages)

@@ -1,30 +1,35 @@
-"""The LLaVA-Instruct record format, checked in one place (the teacher writes it, training reads it).
+"""The LLaVA-Instruct record format, written, checked and loaded in one place (teacher writes, training reads).
 
     {"id": "1000001_conversation", "image": "1000001.png",
      "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the star?"},
                        {"from": "gpt", "value": "The star is blue."}, ...]}
 
-Turns alternate human / gpt, starting with human and ending with gpt; ``<image>`` appears exactly once,
-in the first human turn, before or after the text.
+`image` is relative to the split's image folder. Turns alternate human / gpt, starting with human and ending
+with gpt; ``<image>`` appears exactly once, in the first human turn, before or after the text (at random, as
+in LLaVA's data). Ids are '<image stem>_<type>', or '<image stem>_caption<k>' for stage-1 records (the naive
+baseline: a brief-description instruction with ``<image>``, answered by one caption).
 """
 
-from __future__ import annotations
-
-import json
+import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from llava_mini.files import FileFormatError, read_json
+from llava_mini.teacher.prompts import BRIEF_INSTRUCTIONS
 
 IMAGE_TOKEN = "<image>"
 ROLES = {"human": "user", "gpt": "assistant"}
+STOP = "<STOP>"
 
 
 class RecordError(ValueError):
-    """A record that cannot become a training example; the message names the record id."""
+    """A record that cannot become a training example; the message names the record id (and, for a record
+    read from a file, the file and the record's index in it)."""
 
-    def __init__(self, record_id: Any, problem: str):
-        self.record_id = record_id
-        self.problem = problem
-        super().__init__(f"record {record_id!r}: {problem}")
+    def __init__(self, record_id: Any, problem: str, path: str | Path | None = None, index: int | None = None):
+        self.record_id, self.problem, self.path, self.index = record_id, problem, path, index
+        where = f"record {record_id!r}" if index is None else f"record {index} (id {record_id!r})"
+        super().__init__(f"{where}: {problem}" if path is None else f"{path}: {where}: {problem}")
 
 
 def record_id(record: dict) -> Any:
@@ -32,14 +37,14 @@ def record_id(record: dict) -> Any:
 
 
 def validate_record(record: dict) -> None:
-    """Raise ``RecordError`` (naming the record id) unless the record is a well-formed LLaVA record.
-
-    Checks: a list of turns alternating human/gpt starting with human and ending with gpt, no
-    empty turn, exactly one ``<image>`` and it is in the first human turn.
-    """
+    """Raise ``RecordError`` (naming the record) unless it has the format above; an `image`, if any, is a file name."""
     rid = record_id(record)
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+    if not isinstance(record, dict):
+        raise RecordError(rid, f"is not a JSON object (got {type(record).__name__})")
+    if not isinstance(record.get("conversations"), list):
         raise RecordError(rid, "has no 'conversations' list")
+    if "image" in record and not (isinstance(record["image"], str) and record["image"].strip()):
+        raise RecordError(rid, f"'image' is not a file name (got {record['image']!r})")
     turns = record["conversations"]
     if not turns:
         raise RecordError(rid, "has no turns")
@@ -50,8 +55,9 @@ def validate_record(record: dict) -> None:
             raise RecordError(rid, f"turn {i} has unknown speaker {speaker!r} (expected 'human' or 'gpt')")
         if speaker != expected:
             raise RecordError(rid, f"turns do not alternate: turn {i} is {speaker!r}, expected {expected!r}")
-        value = turn.get("value")
-        if not isinstance(value, str) or not value.replace(IMAGE_TOKEN, "").strip():
+        if not isinstance(value := turn.get("value"), str):
+            raise RecordError(rid, f"turn {i} value is not a string (got {type(value).__name__})")
+        if not value.replace(IMAGE_TOKEN, "").strip():
             raise RecordError(rid, f"turn {i} ({speaker}) is empty")
     if len(turns) % 2:
         raise RecordError(rid, "the last turn is a question without an answer (turns must end with 'gpt')")
@@ -62,10 +68,64 @@ def validate_record(record: dict) -> None:
         raise RecordError(rid, f"{IMAGE_TOKEN} must be in the first human turn")
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Read a LLaVA-Instruct JSON file (a list of records)."""
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of records")
+def load_records(path: str | Path, validate: bool = True) -> list[dict]:
+    """A LLaVA-Instruct JSON file (a list of records), every record checked. A missing, non-UTF-8, non-JSON
+    or non-list file raises ``FileFormatError``, a bad record ``RecordError``: each names the file (and the
+    record's index and id). `validate=False` leaves the checks to a caller that skips bad records itself."""
+    if not isinstance(records := read_json(path), list):
+        raise FileFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    for index, record in enumerate(records if validate else ()):
+        try:
+            validate_record(record)
+        except RecordError as e:
+            raise RecordError(e.record_id, e.problem, path, index) from None
     return records
+
+
+read_records = load_records  # the name notebook 02 uses
+
+
+def record_type(record: dict) -> str:
+    """The response type of a record written here, from its id ('caption' for stage-1 records)."""
+    suffix = record["id"].rsplit("_", 1)[-1]
+    return "caption" if suffix.startswith("caption") else suffix
+
+
+def make_record(record_id: str, image: str, pairs: list[tuple[str, str]], rng: random.Random) -> dict:
+    """A LLaVA-Instruct record from question/answer pairs; `<image>` goes before or after the first question."""
+    if not pairs:
+        raise ValueError(f"record {record_id}: no question/answer pairs")
+    conversations = []
+    for k, (q, a) in enumerate(pairs):
+        if k == 0:
+            q = f"{IMAGE_TOKEN}\n{q}" if rng.random() < 0.5 else f"{q}\n{IMAGE_TOKEN}"
+        conversations += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return {"id": record_id, "image": image, "conversations": conversations}
+
+
+def caption_records(records: Iterable, seed: int = 0, captions: str = "all") -> list[dict]:
+    """The naive expansion the paper starts from, and exactly the stage-1 (feature alignment) data: each
+    caption of each world ImageRecord becomes one single-turn record, `Human: X_q X_v <STOP> Assistant: X_c
+    <STOP>`, X_q a brief-description instruction. `captions`: "all", "first" or "random" (one per image)."""
+    if captions not in ("all", "first", "random"):
+        raise ValueError(f"captions must be 'all', 'first' or 'random', not {captions!r}")
+    out = []
+    for rec in filter(lambda rec: rec.captions, records):
+        stem = Path(rec.file_name).stem
+        rng = random.Random(f"{seed}:{stem}:caption")
+        chosen = list(enumerate(rec.captions))
+        chosen = chosen[:1] if captions == "first" else [rng.choice(chosen)] if captions == "random" else chosen
+        for k, caption in chosen:
+            out.append(make_record(f"{stem}_caption{k}", rec.file_name, [(rng.choice(BRIEF_INSTRUCTIONS), caption)], rng))
+    return out
+
+
+def naive_text(record: dict) -> str:
+    """A record in the paper's plain form: `Human: X_q X_v <STOP> Assistant: X_c <STOP>` per turn pair."""
+    lines = []
+    for human, gpt in zip(record["conversations"][::2], record["conversations"][1::2]):
+        q = human["value"]
+        if IMAGE_TOKEN in q:  # X_q then X_v: the instruction, then the image
+            q = q.replace(IMAGE_TOKEN, "").strip() + " " + IMAGE_TOKEN
+        lines.append(f"Human: {q} {STOP} Assistant: {gpt['value']} {STOP}")
+    return "\n".join(lines)

@@ -1,68 +1,54 @@
-"""``python -m llava_mini.train``: one training stage from the command line (also under torchrun)."""
+"""``python -m llava_mini.train``: one training stage from the command line (also under torchrun).
+
+    python -m llava_mini.train --preset tiny --stage 1 --max-steps 50
+    python -m llava_mini.train --preset tiny --stage 2 [--qlora] [--lr 2e-4 ...]
+
+It goes through ``course.course_model``, so the checkpoint lands where the notebooks look for it
+(``<work>/checkpoints/<preset>-<stage>-<key>``) and a finished run with the same configuration is reused.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import fields
-from pathlib import Path
-
-from safetensors.torch import load_file
 
 from llava_mini.config import TrainConfig, get_preset
-from llava_mini.train.memory import estimate_memory
-from llava_mini.course import _subsample, load_base, load_processors, repeat_types, training_data
-from llava_mini.model import LlavaCollator, LlavaInstructDataset
-from llava_mini.teacher import load_records
-from llava_mini.model import PROJECTOR_WEIGHTS
-from llava_mini.train.loop import add_lora, freeze_for_stage1, plot_loss, train, trainable_parameters
+from llava_mini.course import course_history, course_model, plan_run
+from llava_mini.train import plot_loss, trainable_parameters
+
+FIXED = ("stage", "qlora", "output_dir")  # decided by --stage / --qlora and the naming rule
+
 
 def main(argv=None) -> None:
-    """``python -m llava_mini.train --preset tiny --stage 1|2 [--qlora]`` (also under torchrun / accelerate launch)."""
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
     parser.add_argument("--qlora", action="store_true", help="stage 2: LM in 4-bit NF4 (QLoRA)")
-    parser.add_argument("--projector-from", help="stage 2: a stage-1 checkpoint folder (its projector)")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--resume", help="a step checkpoint folder, or 'latest'")
-    parser.add_argument("--max-records", type=int, help="use only this many training records")
+    parser.add_argument("--projector-from", help="stage 2: start from this stage-1 checkpoint folder's projector")
+    parser.add_argument("--resume", help="'latest': continue an interrupted run from its newest step checkpoint")
+    parser.add_argument("--retrain", action="store_true", help="train even if a finished run with this config exists")
+    parser.add_argument("--max-records", type=int, help="train on a seeded sample of this many records")
     for f in fields(TrainConfig):  # every TrainConfig field can be overridden: --max-steps 50 --lr 2e-4 ...
-        if f.name in ("stage", "qlora", "output_dir"):
-            continue
-        parser.add_argument("--" + f.name.replace("_", "-"), type=_parse_value, dest=f.name, default=None,
-                            help=f"TrainConfig.{f.name} (preset's value by default)")
+        if f.name not in FIXED:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=_parse_value, dest=f.name, default=None,
+                                help=f"TrainConfig.{f.name} (the preset's value by default)")
     args = parser.parse_args(argv)
 
     spec = get_preset(args.preset)
+    if args.max_records:
+        spec = get_preset(spec, data={"max_records": args.max_records})
     stage = "stage1" if args.stage == 1 else ("qlora" if args.qlora else "lora")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if f.name not in ("stage", "qlora", "output_dir") and getattr(args, f.name, None) is not None}
-    cfg = spec.train_config(stage, **overrides)
-    cfg.output_dir = args.output_dir or str(Path("checkpoints") / f"{spec.name}-{stage}")
-    print(estimate_memory(spec, mode=stage, batch_size=cfg.micro_batch(), gradient_checkpointing=cfg.gradient_checkpointing))
-
-    tokenizer, image_processor = load_processors(spec)
-    model = load_base(spec, tokenizer, qlora=cfg.qlora, precision=cfg.precision)
-    if cfg.stage == 1:
-        freeze_for_stage1(model)
-    else:
-        if args.projector_from:
-            model.projector.load_state_dict(load_file(Path(args.projector_from) / PROJECTOR_WEIGHTS))
-        add_lora(model, cfg)
+                 if f.name not in FIXED and getattr(args, f.name) is not None}
+    progress = overrides.pop("progress", True)
+    model, _, _ = course_model(stage, spec, retrain=args.retrain, progress=progress,
+                               projector_from=args.projector_from, resume=args.resume, **overrides)
     print({k: f"{v:,}" for k, v in trainable_parameters(model).items()})
-    data = training_data(spec)
-    records = load_records(data["stage1" if cfg.stage == 1 else "instruct"])
-    if cfg.stage == 2:
-        records = repeat_types(records, cfg.type_repeats)
-    if args.max_records:
-        records = _subsample(records, args.max_records, cfg.seed)
-    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
-                                   max_length=spec.max_length, system_prompt=spec.system_prompt, skip_invalid=True)
-    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=args.resume)
-    plot_loss(result.history, Path(cfg.output_dir) / "loss.png", title=f"{spec.name} {stage}")
-    print(f"final loss {result.history[-1]['loss']:.4f}; checkpoint: {result.checkpoint_dir}")
+    _, folder, _ = plan_run(stage, spec, args.projector_from, **overrides)
+    history = course_history(stage, spec, projector_from=args.projector_from, **overrides)
+    plot_loss(history, folder / "loss.png", title=f"{spec.name} {stage}")
+    print(f"final loss {history[-1]['loss']:.4f}; checkpoint: {folder / 'final'}")
 
 
 def _parse_value(text: str):

@@ -1,14 +1,47 @@
-"""Peak training memory, estimated from the shapes alone before anything is loaded."""
+"""Peak training memory, estimated before anything is loaded from the towers' config.json (``AutoConfig``):
+a local folder is read as it is; the hub towers of the colab and paper presets, out of reach without the
+network, have their published config.json shipped under data/shapes/<preset>/<vision|lm>/.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from llava_mini.config import Preset, get_preset
+from llava_mini.config import PRESETS, Preset, get_preset
+from llava_mini.paths import DATA_DIR
 
 GIB = 1024 ** 3
 
 
+def tower_config(preset: str | Preset, part: str):
+    """The transformers config of a preset's ``part`` ("vision": its vision config, or "lm")."""
+    from transformers import AutoConfig
+
+    preset = get_preset(preset)
+    source, shipped = getattr(preset.model, part), DATA_DIR / "shapes" / preset.name / part
+    own_hub_tower = preset.name in PRESETS and getattr(PRESETS[preset.name].model, part) == source
+    config = AutoConfig.from_pretrained(shipped if own_hub_tower and not Path(source).is_dir() else source)
+    return getattr(config, "vision_config", config) if part == "vision" else config
+
+
+def parameter_counts(vision, lm, lora_r: int = 0) -> dict[str, int]:
+    """Parameters of each part, from the two configs: a CLIP / SigLIP vision tower, Llama / Qwen2 / Mistral
+    decoder layers (biases not counted), the mlp2x_gelu projector, LoRA A (r x in) + B (out x r) per linear."""
+    h, i, layers, heads = lm.hidden_size, lm.intermediate_size, lm.num_hidden_layers, lm.num_attention_heads
+    kv = (getattr(lm, "num_key_value_heads", None) or heads) * (h // heads)
+    linears = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+    vh, vi, patch = vision.hidden_size, vision.intermediate_size, vision.patch_size
+    vision_layer = 4 * (vh * vh + vh) + 2 * vh * vi + vi + vh + 4 * vh  # attention, MLP, two layer norms
+    vision_rest = 3 * patch ** 2 * vh + ((vision.image_size // patch) ** 2 + 2) * vh + 4 * vh  # patches, positions
+    embeddings = lm.vocab_size * h * (1 if lm.tie_word_embeddings else 2)  # (+ the output head when untied)
+    return {
+        "vision": vision.num_hidden_layers * vision_layer + vision_rest,
+        "lm_linear": layers * sum(a * b for a, b in linears),
+        "lm_other": embeddings + (2 * layers + 1) * h,  # + norms
+        "projector": vh * h + h + h * h + h,
+        "lora": layers * sum(lora_r * (a + b) for a, b in linears),
+    }
 
 
 @dataclass
@@ -32,77 +65,66 @@ class MemoryEstimate:
     __repr__ = __str__
 
 
-def estimate_memory(
-    preset: str | Preset = "tiny",
-    mode: str = "qlora",
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    lora_r: int | None = None,
-    gradient_checkpointing: bool | None = None,
-    precision: str | None = None,
-) -> MemoryEstimate:
-    """Peak training memory, roughly, from the preset's shapes (nothing is loaded).
-
-    mode: "stage1" (projector only), "lora" (LM in ``precision``) or "qlora" (LM linears in 4-bit).
-    batch_size: examples per forward pass (the micro-batch); seq_len: tokens per example (default: the
-    image tokens + 128 text tokens, capped at ``max_length``). precision: of frozen weights and
-    activations (default: the preset's; "auto" counts as bf16). Other defaults come from the preset's
-    TrainConfig of that mode. Calibrated against the H100 anchors in design.md (Llama-2-7B shape, QLoRA
-    batch 4 with checkpointing: measured 11.0 GiB) to about 10%.
+def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_size: int | None = None,
+                    seq_len: int | None = None, lora_r: int | None = None, gradient_checkpointing: bool | None = None,
+                    precision: str | None = None) -> MemoryEstimate:
+    """Peak training memory, roughly, from the preset's shapes. mode: "stage1" (projector only), "lora" (LM in
+    ``precision``) or "qlora" (LM linears in 4-bit). batch_size: the micro-batch; seq_len: tokens per example
+    (default: the image tokens + 128, at most ``max_length``); precision: of frozen weights and activations
+    ("auto" counts as bf16). Defaults: the preset's TrainConfig of that mode. Calibrated against the H100
+    anchors in design.md (Llama-2-7B shape, QLoRA batch 4 with checkpointing: measured 11.0 GiB) to ~10%.
     """
     preset = get_preset(preset)
-    s = preset.shape
+    vision, lm = tower_config(preset, "vision"), tower_config(preset, "lm")
     cfg = preset.train_config(mode)
-    batch = batch_size or cfg.micro_batch()
-    seq = seq_len or min(preset.max_length, s.num_image_tokens + 128)
     r = lora_r or cfg.lora_r
+    n = parameter_counts(vision, lm, r)
+    image_tokens = (vision.image_size // vision.patch_size) ** 2
+    batch = batch_size or cfg.micro_batch()
+    seq = seq_len or min(preset.data.max_length, image_tokens + 128)
     checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     precision = precision or cfg.precision
     if precision == "auto":  # a GPU preset: bf16 (A100/H100) or fp16 (T4), two bytes either way
         precision = "bf16"
     half = 4 if precision == "fp32" else 2           # bytes per value of frozen weights and activations
-    h, i, layers = s.lm_hidden, s.lm_intermediate, s.lm_layers
+    h, i, layers = lm.hidden_size, lm.intermediate_size, lm.num_hidden_layers
 
-    rows = [("vision tower (frozen)", s.vision_params() * half, f"{s.vision_params() / 1e6:.1f}M x {half} B")]
+    rows = [("vision tower (frozen)", n["vision"] * half, f"{n['vision'] / 1e6:.1f}M x {half} B")]
     if mode == "qlora":
         # NF4: 4 bits per weight + one fp32 scale per 64 weights; double quantization stores the scales in
         # 8 bits (+ one fp32 per 256 scales): 4 + 8/64 + 32/(64*256) = 4.127 bits per weight.
         bits = 4 + 8 / 64 + 32 / (64 * 256)
-        rows.append(("LM linear layers (NF4)", s.lm_linear_params() * bits / 8,
-                     f"{s.lm_linear_params() / 1e6:.0f}M x {bits:.3f} bit"))
+        rows.append(("LM linear layers (NF4)", n["lm_linear"] * bits / 8,
+                     f"{n['lm_linear'] / 1e6:.0f}M x {bits:.3f} bit"))
         # prepare_model_for_kbit_training upcasts what is not quantized (embeddings, head, norms) to fp32.
-        rows.append(("LM embeddings/head/norms", s.lm_other_params() * 4, f"{s.lm_other_params() / 1e6:.1f}M x 4 B (fp32)"))
+        rows.append(("LM embeddings/head/norms", n["lm_other"] * 4, f"{n['lm_other'] / 1e6:.1f}M x 4 B (fp32)"))
     else:
-        rows.append(("LM linear layers (frozen)", s.lm_linear_params() * half,
-                     f"{s.lm_linear_params() / 1e6:.0f}M x {half} B"))
-        rows.append(("LM embeddings/head/norms", s.lm_other_params() * half, f"{s.lm_other_params() / 1e6:.1f}M x {half} B"))
-
+        rows.append(("LM linear layers (frozen)", n["lm_linear"] * half, f"{n['lm_linear'] / 1e6:.0f}M x {half} B"))
+        rows.append(("LM embeddings/head/norms", n["lm_other"] * half, f"{n['lm_other'] / 1e6:.1f}M x {half} B"))
     # Trainable fp32 tensors: weight 4 B + gradient 4 B + AdamW's two moments 8 B = 16 B per parameter.
-    rows.append(("projector + grad + AdamW", s.projector_params() * 16, f"{s.projector_params() / 1e6:.2f}M x 16 B"))
+    rows.append(("projector + grad + AdamW", n["projector"] * 16, f"{n['projector'] / 1e6:.2f}M x 16 B"))
     if mode != "stage1":
-        rows.append((f"LoRA r={r} + grad + AdamW", s.lora_params(r) * 16, f"{s.lora_params(r) / 1e6:.1f}M x 16 B"))
+        rows.append((f"LoRA r={r} + grad + AdamW", n["lora"] * 16, f"{n['lora'] / 1e6:.1f}M x 16 B"))
 
     # Activations kept for backward, per decoder layer and token, in values (x bytes). With LoRA every
     # linear's input is saved (plus LoRA's dropout copies), attention keeps q, k, v, out, the MLP its
     # gate/up/act outputs: ~18h + 5i (fitted to the anchors). Stage 1 saves no inputs of frozen linears:
     # ~8h + 3i. Checkpointing keeps only each layer's input (h) and recomputes one layer at a time.
     per_token = (8 * h + 3 * i) if mode == "stage1" else (18 * h + 5 * i)
-    tokens = batch * seq
     if checkpointing:
-        activations = tokens * (layers * h + per_token) * half
-        how = f"{batch}x{seq} tokens x ({layers} layers x h + one layer) x {half} B (checkpointing)"
+        rows.append(("LM activations", batch * seq * (layers * h + per_token) * half,
+                     f"{batch}x{seq} tokens x ({layers} layers x h + one layer) x {half} B (checkpointing)"))
     else:
-        activations = tokens * layers * per_token * half
-        how = f"{batch}x{seq} tokens x {layers} layers x (~{per_token // h}h) x {half} B"
-    rows.append(("LM activations", activations, how))
+        rows.append(("LM activations", batch * seq * layers * per_token * half,
+                     f"{batch}x{seq} tokens x {layers} layers x (~{per_token // h}h) x {half} B"))
     # The LM head runs only on answer tokens (labelled_only): logits + their gradient in fp32.
-    answer_tokens = batch * max(1, (seq - s.num_image_tokens) // 2)
-    rows.append(("logits at answer tokens", answer_tokens * s.vocab_size * 8,
-                 f"~{answer_tokens} answer tokens x {s.vocab_size} vocab x 8 B"))
+    answers = batch * max(1, (seq - image_tokens) // 2)
+    rows.append(("logits at answer tokens", answers * lm.vocab_size * 8,
+                 f"~{answers} answer tokens x {lm.vocab_size} vocab x 8 B"))
     # The frozen vision tower runs without saving anything; its largest transient is about one layer.
-    vision_tokens = batch * (s.num_image_tokens + 1)
-    rows.append(("vision forward (transient)", vision_tokens * (4 * s.vision_hidden + s.vision_intermediate) * half,
-                 f"{vision_tokens} tokens x one layer"))
+    vision_tokens = batch * (image_tokens + 1)
+    one_layer = (4 * vision.hidden_size + vision.intermediate_size) * half
+    rows.append(("vision forward (transient)", vision_tokens * one_layer, f"{vision_tokens} tokens x one layer"))
 
     title = (f"estimated peak training memory: preset {preset.name!r}, {mode}, micro-batch {batch} x {seq} tokens, "
              f"{'checkpointing' if checkpointing else 'no checkpointing'}, {precision}")

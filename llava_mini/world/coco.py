@@ -1,17 +1,14 @@
-"""Read COCO-format captions + instances files into symbolic image records.
+"""Read COCO-format captions + instances files (real COCO 2017 or the shapes world) into image records."""
 
-Works on the real COCO 2017 files and on the shapes world alike. Bad input raises `CocoFormatError`
-naming the file and the record; with `errors="skip"` a bad record is left out and counted instead.
-"""
-
-from __future__ import annotations
-
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
+
+from PIL import Image
+
+from llava_mini.files import read_json
 
 BOX_TOLERANCE = 1.0  # pixels a box may poke out of the image (COCO's float boxes round outwards)
 
@@ -28,8 +25,7 @@ class ObjectAnnotation:
     attributes: dict | None = field(default=None, compare=False, hash=False)  # shapes world only
 
     @property
-    def corners(self) -> tuple[float, float, float, float]:
-        """x1, y1, x2, y2 in pixels."""
+    def corners(self) -> tuple[float, float, float, float]:  # x1, y1, x2, y2 in pixels
         x, y, w, h = self.bbox
         return x, y, x + w, y + h
 
@@ -50,9 +46,7 @@ class ImageRecord:
             raise ValueError(f"image {self.image_id}: no image folder was given to the reader")
         return self.image_dir / self.file_name
 
-    def load_image(self):
-        from PIL import Image
-
+    def load_image(self) -> Image.Image:
         try:
             return Image.open(self.path).convert("RGB")
         except (OSError, ValueError) as e:
@@ -78,39 +72,32 @@ class CocoDataset:
         return {r.image_id: r for r in self.records}
 
 
-def _load_json(path: Path) -> dict:
-    if not path.exists():
-        raise CocoFormatError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise CocoFormatError(f"{path}: expected a JSON object at the top level")
-    return data
-
-
-def _get(record: dict, key: str, where: str):
-    if not isinstance(record, dict) or key not in record:
+def _get(record, key: str, where, kind: type | None = None):  # record[key], checked
+    if not isinstance(record, dict):
+        raise CocoFormatError(f"{where}: not an object (got {type(record).__name__})")
+    if key not in record:
         raise CocoFormatError(f"{where}: missing key {key!r}")
+    if kind is not None and not isinstance(record[key], kind):
+        raise CocoFormatError(f"{where}: {key!r} is not a {kind.__name__} (got {type(record[key]).__name__})")
     return record[key]
 
 
-def read_coco(
-    captions_file: str | Path | None,
-    instances_file: str | Path | None,
-    image_dir: str | Path | None = None,
-    errors: Literal["raise", "skip"] = "raise",
-) -> CocoDataset:
-    """Merge a captions file and an instances file (either may be None) into one record per image.
+def read_coco(captions_file: str | Path | None, instances_file: str | Path | None, image_dir: str | Path | None = None,
+              errors: Literal["raise", "skip"] = "raise") -> CocoDataset:
+    """Merge a captions file and an instances file (either may be None) into one record per image: the union
+    of both files' images, each with its captions and objects (lists that may be empty).
 
-    Images are the union of both files' `images`; an image with no captions or no objects is kept
-    with an empty list. With errors="skip", an annotation that cannot be right (negative size, box
-    outside the image, unknown image or category) is dropped and counted in `skipped`; a missing file
-    or key always raises, since it means the whole file is not what it claims to be.
-    """
+    With errors="skip", an image that cannot be right (id not an integer, size not positive, listed twice in
+    one file) is left out with its annotations, and so is an annotation that cannot be right (caption not a
+    non-empty string, bad box, unknown image or category, iscrowd not 0/1), each counted in `skipped` by
+    reason. A missing file or key, a file not UTF-8 JSON, or files that disagree on an image always raise."""
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+    if captions_file is None and instances_file is None:
+        raise ValueError("give at least one of captions_file and instances_file")
+    # read_json names a file that is missing, not UTF-8 or not JSON; _get one that is not a JSON object.
+    loaded = {kind: (Path(f), read_json(f, error=CocoFormatError))
+              for kind, f in (("captions", captions_file), ("instances", instances_file)) if f is not None}
     image_dir = Path(image_dir) if image_dir is not None else None
     dataset = CocoDataset(records=[])
 
@@ -121,74 +108,87 @@ def read_coco(
         if len(dataset.skipped_examples) < 20:
             dataset.skipped_examples.append(message)
 
-    records: dict[int, ImageRecord] = {}
-    files = [(Path(f), kind) for f, kind in ((captions_file, "captions"), (instances_file, "instances")) if f is not None]
-    if not files:
-        raise ValueError("give at least one of captions_file and instances_file")
-    loaded = {kind: (path, _load_json(path)) for path, kind in files}
-
-    for kind, (path, data) in loaded.items():
-        for i, img in enumerate(_get(data, "images", str(path))):
-            where = f"{path}: images[{i}]"
-            image_id = _get(img, "id", where)
-            where = f"{path}: image id {image_id}"
-            width, height = _get(img, "width", where), _get(img, "height", where)
-            file_name = _get(img, "file_name", where)
-            if image_id in records:
-                known = records[image_id]
-                if (known.file_name, known.width, known.height) != (file_name, width, height):
-                    raise CocoFormatError(f"{where}: differs from the same image in the other file")
+    # Ids are keyed by repr: hashable whatever a file holds, and 3, "3" and 3.0 stay apart.
+    records: dict[str, ImageRecord] = {}
+    bad_images: set[str] = set()  # skipped once, though both files list them
+    for path, data in loaded.values():
+        seen: dict[str, int] = {}  # image key -> its index in this file
+        for i, img in enumerate(_get(data, "images", path, list)):
+            image_id = _get(img, "id", f"{path}: images[{i}]")
+            key = repr(image_id)
+            where = f"{path}: image id {image_id}" if _is_int(image_id) else f"{path}: images[{i}]"
+            width, height, file_name = (_get(img, k, where) for k in ("width", "height", "file_name"))
+            if key in seen:
+                reject("duplicate image id", f"{where}: appears twice in this file (images[{seen[key]}] and [{i}])")
                 continue
-            if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
-                raise CocoFormatError(f"{where}: width and height must be positive numbers, got {width}x{height}")
-            records[image_id] = ImageRecord(image_id, file_name, int(width), int(height), image_dir=image_dir)
+            seen[key] = i
+            if key in bad_images:
+                continue
+            problem = None  # (skip reason, message)
+            if not _is_int(image_id):
+                problem = "image id is not an integer", f"id is not an integer (got {type(image_id).__name__})"
+            elif not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
+                problem = "bad image size", f"width and height must be positive numbers, got {width!r}x{height!r}"
+            elif not isinstance(file_name, str):
+                problem = "file_name is not a string", f"file_name is not a string (got {type(file_name).__name__})"
+            if problem:
+                bad_images.add(key)
+                records.pop(key, None)  # listed fine by the other file: skipped all the same
+                reject(problem[0], f"{where}: {problem[1]}")
+            elif key not in records:
+                records[key] = ImageRecord(image_id, file_name, int(width), int(height), image_dir=image_dir)
+            elif (records[key].file_name, records[key].width, records[key].height) != (file_name, width, height):
+                # Only the instances file can meet an image again: the captions file listed it first.
+                raise CocoFormatError(f"{where}: differs from the same image in {loaded['captions'][0]}")
+
+    def annotations(kind: str, keys: tuple[str, ...]):
+        """(where, record, the values of `keys`) per annotation of an image that was read; the others rejected."""
+        path, data = loaded[kind]
+        what = "caption" if kind == "captions" else "box"
+        for i, ann in enumerate(_get(data, "annotations", path, list)):
+            where = f"{path}: annotations[{i}]" + (f" (id {ann.get('id', '?')})" if isinstance(ann, dict) else "")
+            image_id, *values = (_get(ann, k, where) for k in ("image_id", *keys))
+            if repr(image_id) in records:
+                yield where, records[repr(image_id)], ann, *values
+            elif repr(image_id) in bad_images:
+                reject("annotation of a skipped image", f"{where}: {what} of skipped image id {image_id}")
+            else:
+                reject(f"{what} for unknown image", f"{where}: {what} for unknown image id {image_id}")
 
     if "captions" in loaded:
-        path, data = loaded["captions"]
-        for i, ann in enumerate(_get(data, "annotations", str(path))):
-            where = f"{path}: annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
-            image_id = _get(ann, "image_id", where)
-            caption = _get(ann, "caption", where)
-            if image_id not in records:
-                reject("caption for unknown image", f"{where}: caption for unknown image id {image_id}")
-                continue
-            if not isinstance(caption, str) or not caption.strip():
+        for where, record, _, caption in annotations("captions", ("caption",)):
+            if not isinstance(caption, str):
+                reject("caption is not a string", f"{where}: caption is not a string (got {type(caption).__name__})")
+            elif not caption.strip():
                 reject("empty caption", f"{where}: empty caption")
-                continue
-            # One caption is one line of the teacher's context: fold stray newlines and runs of spaces.
-            records[image_id].captions.append(" ".join(caption.split()))
+            else:  # one caption is one line of the teacher's context: fold stray newlines and runs of spaces
+                record.captions.append(" ".join(caption.split()))
 
     if "instances" in loaded:
         path, data = loaded["instances"]
         categories = {}
-        for i, cat in enumerate(_get(data, "categories", str(path))):
+        for i, cat in enumerate(_get(data, "categories", path, list)):
             where = f"{path}: categories[{i}]"
-            categories[_get(cat, "id", where)] = _get(cat, "name", where)
-        for i, ann in enumerate(_get(data, "annotations", str(path))):
-            where = f"{path}: annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
-            image_id = _get(ann, "image_id", where)
-            category_id = _get(ann, "category_id", where)
-            bbox = _get(ann, "bbox", where)
-            if image_id not in records:
-                reject("box for unknown image", f"{where}: box for unknown image id {image_id}")
-                continue
-            if category_id not in categories:
-                reject("unknown category", f"{where}: unknown category id {category_id}")
-                continue
-            record = records[image_id]
+            categories[repr(_get(cat, "id", where))] = _get(cat, "name", where, str)
+        for where, record, ann, category_id, bbox in annotations("instances", ("category_id", "bbox")):
+            where, iscrowd = f"{where}, image id {record.image_id}", ann.get("iscrowd", 0)
             problem = _box_problem(bbox, record.width, record.height)
-            if problem:
-                reject(problem.split(":")[0], f"{where}, image id {image_id}: {problem}")
-                continue
-            record.objects.append(ObjectAnnotation(
-                category=categories[category_id],
-                bbox=tuple(float(v) for v in bbox),
-                iscrowd=bool(ann.get("iscrowd", 0)),
-                attributes=ann.get("attributes"),
-            ))
+            if repr(category_id) not in categories:
+                reject("unknown category", f"{where}: unknown category id {category_id}")
+            elif problem:
+                reject(problem.split(":")[0], f"{where}: {problem}")
+            elif not (isinstance(iscrowd, int) and iscrowd in (0, 1)):  # a bool is an int; "0" is not
+                reject("bad iscrowd", f"{where}: iscrowd must be 0 or 1, got {iscrowd!r}")
+            else:
+                record.objects.append(ObjectAnnotation(categories[repr(category_id)], tuple(float(v) for v in bbox),
+                                                       bool(iscrowd), ann.get("attributes")))
 
-    dataset.records = [records[k] for k in sorted(records)]
+    dataset.records = sorted(records.values(), key=lambda r: r.image_id)
     return dataset
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
@@ -201,8 +201,7 @@ def _box_problem(bbox, width: int, height: int) -> str | None:
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         return f"box with non-positive size: {list(bbox)}"
-    t = BOX_TOLERANCE
-    if x < -t or y < -t or x + w > width + t or y + h > height + t:
+    if min(x, y) < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
         return f"box outside the image: {list(bbox)} in a {width}x{height} image"
     return None
 
@@ -210,13 +209,8 @@ def _box_problem(bbox, width: int, height: int) -> str | None:
 def read_split(root: str | Path, split: str, errors: Literal["raise", "skip"] = "raise") -> CocoDataset:
     """Read `<root>/annotations/{captions,instances}_<split>.json` with images from `<root>/images/<split>`
     (the shapes world's layout) or `<root>/<split>2017` (COCO's)."""
-    root = Path(root)
-    image_dir = root / "images" / split
+    root, image_dir = Path(root), Path(root) / "images" / split
     if not image_dir.exists() and (root / f"{split}2017").exists():
         image_dir = root / f"{split}2017"
-    return read_coco(
-        root / "annotations" / f"captions_{split}.json",
-        root / "annotations" / f"instances_{split}.json",
-        image_dir=image_dir,
-        errors=errors,
-    )
+    return read_coco(root / "annotations" / f"captions_{split}.json", root / "annotations" / f"instances_{split}.json",
+                     image_dir, errors)

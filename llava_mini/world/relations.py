@@ -1,13 +1,7 @@
-"""How two objects relate, and how to name one object so that it is the only one meant: one rule each,
-shared by the world's captions, the symbolic teacher and the held-out questions.
-
-Positions are box centres in fractions of the image (0..1, y grows downwards), the form the teacher
-reads in its context. A relation is stated only when it is clear-cut: the centres lie at least
-``MIN_OFFSET`` apart along one axis and that axis dominates the other by ``MARGIN``, so the 3-decimal
-rounding of the context can never flip it.
-"""
-
-from __future__ import annotations
+"""How two objects relate, and how to name one object so that it is the only one meant: one rule each, shared
+by the world's captions, the symbolic teacher and the held-out questions. Positions are box centres in
+fractions of the image (0..1, y down), as the teacher reads them. A relation is stated only when clear-cut:
+``MIN_OFFSET`` apart along an axis that dominates the other by ``MARGIN``, so rounding can never flip it."""
 
 from typing import Sequence
 

@@ -1,0 +1,82 @@
+"""Answer matching: the answer's words are scanned left to right for the terms of the question's kind (colours
+and synonyms, shapes, number words and digits, left/right/above/below and synonyms, yes/no and variants); it is
+correct iff the FIRST term it mentions maps to the expected value: "It looks crimson" -> red, "There are 3
+circles" -> 3, "No, I don't see one" -> no. Wrong-but-plausible words ("pink") are terms too: wrong answers, not
+none. Limits, stated rather than hidden: "the star next to the blue square is red" is scored on "blue", a relation
+with the objects swapped ("the blue square is right of the red circle") on "right"; the teacher never does either.
+"""
+
+import re
+from typing import Sequence
+
+from llava_mini.english import NUMBER_WORDS, plural
+from llava_mini.evaluate.questions import KINDS
+from llava_mini.world import COLORS, SHAPES
+
+
+def normalize(text: str) -> list[str]:
+    """Lowercase words, apostrophes dropped, other punctuation splits; a decimal ("0.25") stays one token, so
+    its digits are never read as a count."""
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return re.findall(r"\d+(?:\.\d+)+|[a-z0-9]+", text)
+
+
+def _forms(words: dict[str, str], plurals: bool = False) -> dict[tuple[str, ...], str]:
+    """With ``plurals`` the plural of each term too ("crosses")."""
+    return {tuple(form.split()): value for word, value in words.items()
+            for form in ([word, plural(word)] if plurals else [word])}
+
+
+_COLOUR_TERMS = {c: c for c in COLORS} | {
+    "crimson": "red", "scarlet": "red", "maroon": "red", "lime": "green", "olive": "green", "navy": "blue",
+    "azure": "blue", "cyan": "blue", "gold": "yellow", "golden": "yellow", "violet": "purple", "lilac": "purple",
+    "lavender": "purple", "magenta": "purple", "amber": "orange",
+    # wrong but plausible: they are answers too (and wrong ones)
+    "pink": "pink", "brown": "brown", "black": "black", "white": "white", "grey": "grey", "gray": "grey"}
+_SHAPE_TERMS = {s: s for s in SHAPES} | {
+    "circular": "circle", "round": "circle", "ring": "circle", "disc": "circle", "disk": "circle", "plus": "cross",
+    "triangular": "triangle", "plus sign": "cross", "square shaped": "square", "rectangular": "rectangle",
+    **{s: s for s in ("rectangle", "diamond", "hexagon", "pentagon", "heart", "oval")}}  # wrong but plausible
+_COUNT_TERMS = {w: str(i) for i, w in enumerate(NUMBER_WORDS)} | {"no": "0", "none": "0", "single": "1"}
+_RELATION_TERMS = {"left": "left", "right": "right", "above": "above", "below": "below", "higher": "above",
+                   "over": "above", "on top": "above", "atop": "above", "lower": "below", "under": "below",
+                   "beneath": "below", "underneath": "below"}
+_EXISTENCE_TERMS = {"yes": "yes", "yeah": "yes", "yep": "yes", "yup": "yes", "indeed": "yes", "no": "no", "nope": "no",
+                    "not": "no", "isnt": "no", "arent": "no", "dont": "no", "cannot": "no", "cant": "no"}
+
+TERMS: dict[str, dict[tuple[str, ...], str]] = {  # kind -> term (a word tuple) -> canonical value
+    "colour": _forms(_COLOUR_TERMS), "shape": _forms(_SHAPE_TERMS, plurals=True), "count": _forms(_COUNT_TERMS),
+    "relation": _forms(_RELATION_TERMS), "existence": _forms(_EXISTENCE_TERMS)}
+_LONGEST_TERM = max(len(t) for terms in TERMS.values() for t in terms)
+
+
+def scan_terms(words: Sequence[str], terms: dict[tuple[str, ...], str]):
+    """(position, length, canonical) of every term in ``words``, left to right, longest match first."""
+    i = 0
+    while i < len(words):
+        for n in range(min(_LONGEST_TERM, len(words) - i), 0, -1):
+            hit = terms.get(tuple(words[i:i + n]))
+            if hit is not None:
+                yield i, n, hit
+                i += n
+                break
+        else:
+            i += 1
+
+
+def extract_answer(kind: str, answer: str) -> str | None:
+    """The value of the first term of ``kind`` in ``answer``, or None. Counts take digits too (the earlier wins)."""
+    if kind not in TERMS:
+        raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
+    words = normalize(answer)
+    first = next(scan_terms(words, TERMS[kind]), None)
+    if kind == "count":
+        digits = [w for w in words[:first[0] if first else None] if w.isdigit()]
+        if digits:
+            return str(int(digits[0]))
+    return first[2] if first else None
+
+
+def is_correct(kind: str, answer: str, expected: str) -> bool:
+    """True iff the first candidate term of ``kind`` that ``answer`` mentions is ``expected``."""
+    return extract_answer(kind, answer) == expected

@@ -1,0 +1,61 @@
+"""Comparing models: gap closed over the blind baseline, the JSON summary and the markdown table."""
+
+from pathlib import Path
+
+from llava_mini.evaluate.questions import KINDS
+from llava_mini.files import write_json
+
+
+def gap_closed(result: dict, blind: dict) -> dict[str, float | None]:
+    """Per kind (and macro/micro): (acc - blind) / (1 - blind), the share of the no-image baseline's headroom
+    the model closes (1 = perfect, 0 = no better than blind, < 0 = worse; None where blind is already perfect)."""
+    pairs = [(k, result["accuracy"].get(k), blind["accuracy"].get(k)) for k in result["accuracy"]]
+    pairs += [(k, result.get(k), blind.get(k)) for k in ("macro", "micro")]
+    return {k: None if acc is None or base is None or base >= 1 else (acc - base) / (1 - base)
+            for k, acc, base in pairs}
+
+
+def summarize_results(results: dict[str, dict], blind_name: str = "blind") -> dict[str, dict]:
+    """What goes into a JSON file: per model its accuracies, counts, description metrics (with three
+    examples) and, when a blind entry is present, gap closed; without the per-answer rows and reviews."""
+    out = {}
+    for name, r in results.items():
+        entry = out[name] = {k: r.get(k) for k in ("accuracy", "n", "micro", "macro", "blind", "settings")}
+        if r.get("description"):
+            examples = [{k: item[k] for k in ("image_id", "description", "mentioned", "hallucinated")}
+                        for item in r["description"].get("items", [])[:3]]
+            entry["description"] = {**{k: v for k, v in r["description"].items() if k != "items"}, "examples": examples}
+        if blind_name in results and name != blind_name:
+            entry["gap_closed"] = gap_closed(r, results[blind_name])
+        if r.get("judge"):
+            entry["judge"] = {k: v for k, v in r["judge"].items() if k != "reviews"}
+    return out
+
+
+def save_results(results: dict[str, dict], path: str | Path, blind_name: str = "blind") -> Path:
+    """Write ``summarize_results`` as JSON (README numbers come from this file, not from memory)."""
+    return write_json(path, summarize_results(results, blind_name), indent=2)
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    """Markdown lines; numbers are fractions, shown in % (None: '-')."""
+    cell = lambda v: v if isinstance(v, str) else "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    return [f"| {' | '.join(head)} |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+            *(f"| {' | '.join(map(cell, row))} |" for row in rows)]
+
+
+def results_table(results: dict[str, dict], blind_name: str = "blind") -> str:
+    """A markdown table: one row per model, accuracy (%) per question kind, macro and micro, and the
+    description metrics when present; then, with a blind entry, a table of gap closed per kind."""
+    kinds = [k for k in KINDS if any(k in r["accuracy"] for r in results.values())]
+    desc = ["recall", "chair_i", "chair_s"] if any(r.get("description") for r in results.values()) else []
+    rows = [[name, *(r["accuracy"].get(k) for k in kinds), r.get("macro"), r.get("micro"),
+             *((r.get("description") or {}).get(m) for m in desc)] for name, r in results.items()]
+    lines = _table(["model", *kinds, "macro", "micro", *(m.replace("chair", "CHAIR") for m in desc)], rows)
+    others = [name for name in results if name != blind_name]
+    if blind_name in results and others:
+        gaps = {name: gap_closed(results[name], results[blind_name]) for name in others}
+        lines += ["", f"Gap closed, (acc - {blind_name}) / (1 - {blind_name}), in %:", "",
+                  *_table(["model", *kinds, "macro", "micro"],
+                          [[name, *(gap.get(k) for k in [*kinds, "macro", "micro"])] for name, gap in gaps.items()])]
+    return "\n".join(lines)

@@ -90,7 +90,6 @@ class TrainConfig:
         return self.batch_size // (self.accumulation_steps(num_processes) * num_processes)
 
 
-
 @dataclass(frozen=True)
 class WorldSettings:
     """The generated shapes world the course trains on (data source "course")."""
@@ -104,7 +103,7 @@ class DataSettings:
     """Where the training records come from and how they become sequences."""
 
     source: str = "course"              # "course": the world + the symbolic teacher; "files": the paths below
-    teacher: str = "symbolic"           # who writes the course's instruction data
+    teacher: str = "symbolic"           # who writes the course's data: "symbolic" or "env" (teacher_from_env)
     stage1_file: str | None = None      # "files": caption records, relative to the work folder
     instruct_file: str | None = None    # "files": instruction records, relative to the work folder
     image_folder: str | None = None     # "files": what each record's "image" is relative to
@@ -147,7 +146,6 @@ class Preset:
     world: WorldSettings = WorldSettings()
     evaluation: EvalSettings = EvalSettings()
     stages: dict = field(default_factory=dict)   # "stage1" / "lora" / "qlora" -> TrainConfig fields
-    shape: object = None                # (being replaced by config.json shapes)
 
     def train_config(self, stage: str, **overrides) -> TrainConfig:
         """The TrainConfig of ``stage`` ("stage1", "lora", "qlora"), with ``overrides`` applied."""
@@ -222,68 +220,12 @@ VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence 
                  "helpful, detailed, and polite answers to the human's questions.")
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes ``estimate_memory`` needs, known without downloading anything (from the configs)."""
-
-    vision_hidden: int
-    vision_layers: int
-    vision_intermediate: int
-    image_size: int
-    patch_size: int
-    lm_hidden: int
-    lm_layers: int
-    lm_intermediate: int
-    lm_heads: int
-    lm_kv_heads: int
-    vocab_size: int
-    tied_embeddings: bool
-
-    @property
-    def num_image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def kv_dim(self) -> int:
-        return self.lm_kv_heads * (self.lm_hidden // self.lm_heads)
-
-    def lm_linear_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer in one decoder layer (Llama / Qwen2 / Mistral layout)."""
-        h, i, kv = self.lm_hidden, self.lm_intermediate, self.kv_dim
-        return [(h, h), (h, kv), (h, kv), (h, h),   # q, k, v, o
-                (h, i), (h, i), (i, h)]             # gate, up, down
-
-    def lm_linear_params(self) -> int:
-        return self.lm_layers * sum(a * b for a, b in self.lm_linear_shapes())
-
-    def lm_other_params(self) -> int:
-        """Embeddings, the output head when untied, norms."""
-        embeddings = self.vocab_size * self.lm_hidden * (1 if self.tied_embeddings else 2)
-        return embeddings + (2 * self.lm_layers + 1) * self.lm_hidden
-
-    def vision_params(self) -> int:
-        h, i = self.vision_hidden, self.vision_intermediate
-        per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention, MLP, two layer norms
-        embeddings = 3 * self.patch_size ** 2 * h + (self.num_image_tokens + 2) * h  # patches, positions, CLS
-        return self.vision_layers * per_layer + embeddings + 4 * h
-
-    def projector_params(self) -> int:  # mlp2x_gelu
-        return self.vision_hidden * self.lm_hidden + self.lm_hidden + self.lm_hidden ** 2 + self.lm_hidden
-
-    def lora_params(self, r: int) -> int:
-        """A (r x in) and B (out x r) for every LM linear layer."""
-        return self.lm_layers * sum(r * (a + b) for a, b in self.lm_linear_shapes())
-
-
 # tiny: times measured on the 2-core CPU (scripts/bench_train.py).
 TINY = Preset(
     name="tiny",
     model=ModelSettings(vision=str(DATA_DIR / "backbones" / "vision"), lm=str(DATA_DIR / "backbones" / "lm")),
     # 64 image tokens + up to 160 text tokens: keeps ~97% of the instruction records whole
     data=DataSettings(max_length=224),
-    shape=ModelShape(vision_hidden=256, vision_layers=6, vision_intermediate=1024, image_size=64, patch_size=8,
-                     lm_hidden=256, lm_layers=4, lm_intermediate=768, lm_heads=4, lm_kv_heads=4,
-                     vocab_size=1011, tied_embeddings=True),
     # Budget (design.md): the whole course within 6 minutes on a 2-core CPU. Step times on an idle 2-core
     # machine (the checkpoints' history.json; 2-4x slower when the CPU is shared): stage 1 batch 16
     # 0.28 s/step, LoRA 0.51 s/step, QLoRA 0.57 s/step. LoRA dropout off: it cost 15-100% of a step here
@@ -307,9 +249,6 @@ COLAB = Preset(
     data=DataSettings(source="files", max_length=1024,
                       stage1_file="instruct/coco_stage1_captions_train.json",  # course-style files for COCO 2017
                       instruct_file="instruct/coco_llava_instruct_train.json", image_folder="coco/train2017"),
-    shape=ModelShape(vision_hidden=768, vision_layers=12, vision_intermediate=3072, image_size=224, patch_size=16,
-                     lm_hidden=896, lm_layers=24, lm_intermediate=4864, lm_heads=14, lm_kv_heads=2,
-                     vocab_size=151_936, tied_embeddings=True),
     stages=_stages(
         stage1=dict(max_steps=500, batch_size=64, micro_batch_size=16, lr=1e-3, precision="auto"),
         lora=dict(max_steps=1000, batch_size=32, micro_batch_size=4, lr=2e-4, projector_lr=2e-5, lora_r=64,
@@ -325,9 +264,6 @@ PAPER = Preset(
                       stage1_file="llava/blip_laion_cc_sbu_558k.json",  # v1.5 stage-1 captions (v1: CC3M-595K)
                       instruct_file="llava/llava_instruct_150k.json",   # the released LLaVA-Instruct (158K)
                       image_folder="coco/train2017"),
-    shape=ModelShape(vision_hidden=1024, vision_layers=24, vision_intermediate=4096, image_size=336, patch_size=14,
-                     lm_hidden=4096, lm_layers=32, lm_intermediate=11008, lm_heads=32, lm_kv_heads=32,
-                     vocab_size=32_000, tied_embeddings=False),
     stages=_stages(
         # v1.5: stage 1 lr 1e-3, batch 256, 1 epoch of 558K (~2,180 steps); stage 2 LoRA r=128 alpha=256,
         # lr 2e-4, projector lr 2e-5, batch 128, 1 epoch of 158K (~1,240 steps). Cosine, 3% warmup, no decay.

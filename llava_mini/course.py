@@ -28,7 +28,7 @@ from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_toke
 from llava_mini.paths import work_dir
 from llava_mini.teacher import (
     BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, SymbolicTeacher, Teacher,
-    generate_instruct_data, load_records, load_seeds, record_type,
+    generate_instruct_data, load_records, load_seeds, record_type, teacher_from_env,
 )
 from llava_mini.train import (
     add_lora, backbone_fingerprint, compute_dtype, estimate_memory, freeze_for_stage1, load_checkpoint,
@@ -101,7 +101,14 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
     preset = get_preset(preset)
     data = preset.data
     if data.source == "course":
-        paths = course_instruct_data(seed=preset.world.seed, progress=False, world_sizes=preset.world.sizes)
+        if data.teacher == "symbolic":
+            teacher = SymbolicTeacher(preset.world.seed)
+        elif data.teacher == "env" and (teacher := teacher_from_env()) is None:
+            raise ValueError("data.teacher 'env' needs LLAVA_MINI_TEACHER_BASE_URL / _MODEL (and a key) in the environment")
+        elif data.teacher not in ("symbolic", "env"):
+            raise ValueError(f"data.teacher must be 'symbolic' or 'env' (an OpenAI-compatible server), not {data.teacher!r}")
+        paths = course_instruct_data(seed=preset.world.seed, teacher=teacher, progress=False,
+                                     world_sizes=preset.world.sizes)
         return {k: paths[k] for k in ("stage1", "instruct", "images")}
     root = work_dir()
     paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}
@@ -134,7 +141,7 @@ def training_records(run: RunConfig, records_file: Path) -> list[dict]:
     """The records a run trains on: its stage's file, types repeated as its TrainConfig says (stage 2),
     then a seeded sample: ``data.max_records`` of them, or about what its steps will read."""
     cfg = run.train
-    records = load_records(records_file)
+    records = load_records(records_file, validate=False)  # the dataset checks each one, counting what it skips
     if run.stage != "stage1":
         records = repeat_types(records, cfg.type_repeats)
     n = run.data.max_records or int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size
@@ -254,10 +261,8 @@ def course_model(stage: str = "stage1", preset: str | Preset = "tiny", retrain: 
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
                                    max_length=run.data.max_length, system_prompt=spec.model.system_prompt,
                                    skip_invalid=True)
-    result = train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=resume)
-    saved = read_json(result.checkpoint_dir / "run.json")
-    write_json(result.checkpoint_dir / "run.json", {**saved, "key": key, "run_config": run.to_dict(),
-                                                    "skipped_records": dict(dataset.skipped)}, indent=2)
+    train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=resume,
+          run_info={"key": key, "run_config": run.to_dict(), "skipped_records": dict(dataset.skipped)})
     return model.eval(), tokenizer, image_processor
 
 

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from llava_mini.world import read_split
-from llava_mini.teacher import caption_records, generate_instruct_data
-from llava_mini.teacher import SymbolicTeacher
+from llava_mini.teacher import caption_records, generate_instruct_data, SymbolicTeacher
 from llava_mini.course import course_world
 
 

@@ -36,8 +36,7 @@ def main() -> None:
     from llava_mini.teacher import load_records
     from llava_mini.paths import work_dir
     from llava_mini.config import get_preset
-    from llava_mini.course import load_base, load_processors, training_data
-    from llava_mini.course import _subsample
+    from llava_mini.course import load_base, load_processors, training_data, subsample
     from llava_mini.train import add_lora, freeze_for_stage1, train
 
     spec = get_preset("tiny")
@@ -69,8 +68,8 @@ def main() -> None:
             model = load_base(spec, tokenizer, qlora=cfg.qlora, precision=cfg.precision)
             freeze_for_stage1(model) if stage == "stage1" else add_lora(model, cfg)
             pool = records["stage1" if stage == "stage1" else "instruct"]
-            dataset = LlavaInstructDataset(_subsample(pool, args.steps * batch, 0), data["images"], tokenizer, processor,
-                                           model.num_image_tokens, max_length=spec.max_length, skip_invalid=True)
+            dataset = LlavaInstructDataset(subsample(pool, args.steps * batch, 0), data["images"], tokenizer, processor,
+                                           model.num_image_tokens, max_length=spec.data.max_length, skip_invalid=True)
             history = train(model, dataset, collator, cfg).history
             step = float(np.median([r["seconds"] for r in history[1:]]))
             lengths = np.mean(dataset.lengths()) - model.num_image_tokens

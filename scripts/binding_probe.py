@@ -26,12 +26,11 @@ def main() -> int:
     from llava_mini.world import read_split
     from llava_mini.model import load_vision_tower
     from llava_mini.config import get_preset
-    from llava_mini.course import load_processors
-    from llava_mini.course import course_world
+    from llava_mini.course import load_processors, course_world
 
     spec = get_preset("tiny")
     _, processor = load_processors(spec)
-    tower = load_vision_tower(spec.vision).eval()
+    tower = load_vision_tower(spec.model.vision).eval()
     root = course_world(seed=0)
     start = time.time()
     results = binding_probe(tower, processor, read_split(root, "train").records[:args.train_images],

@@ -5,7 +5,8 @@ is 2 pools at the largest token id); the shipped text tower was retrained with t
 (README gives the numbers). It keeps the trained vision tower, gives CLIP a fresh tokenizer and text tower,
 and trains only the text side (+ both projections) contrastively against the frozen image embeddings.
 
-    python scripts/retune_text_tower.py [--retune-text data/backbones/vision] [--retune-minutes 6] [--device cpu] [--workers N]
+    python scripts/retune_text_tower.py [--retune-text data/backbones/vision] [--retune-minutes 6]
+                                        [--device cpu] [--workers N]
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from pathlib import Path
 import torch
 
 from llava_mini.backbones import (
-    BACKBONES_DIR, BackboneRecipe, BudgetedCosine, clip_embeds, contrastive_loss, make_clip, render_pool,
-    retrieval_top1, to_pixels, tokenize_captions, train_tokenizer, world_text_corpus,
+    BACKBONES_DIR, BackboneRecipe, contrastive_loss, make_clip, render_pool, retrieval_top1, to_pixels,
+    tokenize_captions, train_in_budget, train_tokenizer, world_text_corpus,
 )
 from llava_mini.files import read_json, write_json
 from llava_mini.world import WorldConfig
 
 
 def retune_text_tower(vision_dir: str | Path = BACKBONES_DIR / "vision", n_scenes: int = 20_000, minutes: float = 6.0,
-                      batch: int = 256, lr: float = 1e-3, seed: int = 1, device: str = "cpu", workers: int | None = None,
-                      log=print) -> dict:
+                      batch: int = 256, lr: float = 1e-3, seed: int = 1, device: str = "cpu",
+                      workers: int | None = None, log=print) -> dict:
     """Retrain the text tower of the CLIP in vision_dir against its locked image tower; save it in place and
     update the retrieval numbers in vision_dir/../report.json. Returns that report.
 
@@ -57,35 +58,26 @@ def retune_text_tower(vision_dir: str | Path = BACKBONES_DIR / "vision", n_scene
     clip.to(device)
     clip.vision_model.requires_grad_(False)
     with torch.no_grad():  # the locked image side, once: (n, vision_hidden) pooled CLS features
-        pooled = torch.cat([clip.vision_model(pixel_values=to_pixels(images[i: i + 512], processor, device)).pooler_output
-                            for i in range(0, n_scenes, 512)])
+        chunks = (to_pixels(images[i: i + 512], processor, device) for i in range(0, n_scenes, 512))
+        pooled = torch.cat([clip.vision_model(pixel_values=x).pooler_output for x in chunks])
     log(f"rendered and encoded {n_scenes} images in {time.time() - t0:.0f} s")
     ids, mask = tokenize_captions(tokenizer, [c for caps in captions for c in caps])
     ids, mask = ids.view(n_scenes, 5, -1).to(device), mask.view(n_scenes, 5, -1).to(device)
-    params = [p for p in clip.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = BudgetedCosine(opt, 100_000, minutes, lr)
     gen = torch.Generator().manual_seed(seed)
-    clip.train()
-    n_train, step, start = n_scenes - n_test, 0, time.time()
-    while True:
+    n_train, start = n_scenes - n_test, time.time()
+
+    def loss_fn(logging: bool):
         idx = torch.randint(n_train, (batch,), generator=gen)
         pick = torch.where(torch.rand(batch, generator=gen) < 0.5, 0, torch.randint(5, (batch,), generator=gen))
-        text = clip_embeds(clip.get_text_features(input_ids=ids[idx, pick], attention_mask=mask[idx, pick]))
+        text = clip.get_text_features(input_ids=ids[idx, pick], attention_mask=mask[idx, pick]).pooler_output
         loss = contrastive_loss(clip.visual_projection(pooled[idx]), text, clip.logit_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, math.log(100))
-        more = sched.step()
-        if step % 200 == 0 or not more:
-            log(json.dumps({"step": step, "planned": sched.total, "contrastive": round(loss.item(), 4),
-                            "seconds": round(time.time() - start, 1)}))
-        step += 1
-        if not more:
-            break
-    clip.eval()
+        return loss, {"contrastive": loss}
+
+    # AdamW skips the locked tower (no gradients); unlike the build, no gradient clipping and no autocast
+    history = train_in_budget([clip], loss_fn, device, lr, 100_000, minutes, log, weight_decay=0.05,
+                              after_step=lambda: clip.logit_scale.data.clamp_(0, math.log(100)), max_grad_norm=None,
+                              bf16=False)
+    step = history[-1]["step"] + 1
     test = slice(n_train, n_scenes)
     retrieval = retrieval_top1(clip, processor, tokenizer, images[test], [c[0] for c in captions[test]])
     clip.save_pretrained(vision_dir)

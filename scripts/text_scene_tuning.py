@@ -41,13 +41,11 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     from llava_mini import evaluate
-    from llava_mini.world import read_split
+    from llava_mini.world import read_split, context_text
     from llava_mini.teacher import IMAGE_TOKEN, RecordError, load_records
     from llava_mini.model import encode_conversation
     from llava_mini.config import get_preset
-    from llava_mini.course import load_processors, training_data
-    from llava_mini.world import context_text
-    from llava_mini.course import repeat_types
+    from llava_mini.course import load_processors, training_data, repeat_types
 
     torch.manual_seed(args.seed)
     spec = get_preset("tiny")
@@ -68,7 +66,7 @@ def main() -> int:
         turns[0]["value"] = turns[0]["value"].replace(IMAGE_TOKEN, IMAGE_TOKEN + contexts[record["image"]])
         try:
             encoded = encode_conversation({**record, "conversations": turns}, tokenizer, num_image_tokens=0,
-                                          max_length=384, system_prompt=spec.system_prompt)
+                                          max_length=384, system_prompt=spec.model.system_prompt)
         except RecordError:  # the first answer does not fit: counted, reported
             skipped += 1
             continue
@@ -77,9 +75,9 @@ def main() -> int:
 
     test = read_split(root, "test").records[: args.test_images]
     questions = evaluate.make_questions(test, seed=args.seed, max_per_kind=args.per_kind)
-    lm = AutoModelForCausalLM.from_pretrained(spec.lm)
+    lm = AutoModelForCausalLM.from_pretrained(spec.model.lm)
     results = {"LM alone, scene as text": evaluate.evaluate_text_scene(
-        lm, tokenizer, test, questions, system_prompt=spec.system_prompt, batch_size=64)}
+        lm, tokenizer, test, questions, system_prompt=spec.model.system_prompt, batch_size=64)}
 
     lm = get_peft_model(lm, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                                        target_modules=stage2.lora_targets, task_type="CAUSAL_LM"))
@@ -108,7 +106,7 @@ def main() -> int:
     train_s = round(time.time() - start, 1)
 
     results["LM tuned on text scenes"] = evaluate.evaluate_text_scene(
-        lm, tokenizer, test, questions, system_prompt=spec.system_prompt, batch_size=64)
+        lm, tokenizer, test, questions, system_prompt=spec.model.system_prompt, batch_size=64)
     print(evaluate.results_table(results, blind_name="none"))
     out.mkdir(parents=True, exist_ok=True)
     evaluate.save_results(results, out / "results.json", blind_name="none")

@@ -3,7 +3,6 @@
 Tiny random towers built here (no hub, no checkpoints); a four-image shapes world in a tmp folder.
 """
 
-import json
 import math
 
 import matplotlib
@@ -17,7 +16,7 @@ from llava_mini.attention import (  # noqa: E402
     AnswerAttention, attention_rollout, attention_to_image, box_coverage, grounding_by_layer,
     grounding_questions, grounding_score, inspect_answer, inspect_answers, mask_patches, masking_example,
     masking_experiment, mean_fill, patch_grid, run_grounding, square_box, summarize_grounding, top_patches,
-    use_eager_attention, write_json,
+    use_eager_attention,
 )
 from llava_mini.evaluate import is_correct  # noqa: E402
 from llava_mini.model import build_prompt, generate_ids, image_to_pixel_values, left_pad  # noqa: E402
@@ -431,11 +430,3 @@ def test_every_figure_draws_and_saves(model, tokenizer, processor, grounded, tmp
         assert path.stat().st_size > 0 and fig.axes
         plt.close(fig)
     assert len(plot_question_layers(grounded[:2], processor).axes) == 2 * (3 + 1)  # image + one map per layer
-
-
-def test_write_json_keeps_the_notebooks_argument_order_and_writes_atomically(tmp_path):
-    path = write_json({"grounding": [1.5, 2.0]}, tmp_path / "attention" / "grounding.json")
-    assert path == tmp_path / "attention" / "grounding.json"
-    assert json.loads(path.read_text()) == {"grounding": [1.5, 2.0]}
-    assert path.read_text().startswith("{\n  ")  # indented for reading
-    assert [p.name for p in path.parent.iterdir()] == ["grounding.json"]  # no temporary file left behind

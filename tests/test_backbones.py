@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,7 +25,8 @@ def test_builder_runs_end_to_end_at_toy_size(tmp_path):
     assert set(saved["patch_probe"]) == {"shape", "color", "size"}
     assert 0.0 <= report["retrieval_top1"]["image_to_text"] <= 1.0
     # the chat template renders a Vicuna-like turn and ends the answer with </s>
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}], tokenize=False)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
+    text = tok.apply_chat_template(turns, tokenize=False)
     assert text == "USER: hi\nASSISTANT: yes</s>\n"
 
 
@@ -67,3 +67,46 @@ def test_shipped_backbones_load_like_hub_models():
     out = tower(pixel_values=torch.zeros(1, 3, 64, 64), output_hidden_states=True)
     assert out.hidden_states[-2].shape == (1, 1 + 64, report["vision_recipe"]["vision_hidden"])
     assert report["patch_probe"]["shape"] >= 0.9 and report["patch_probe"]["color"] >= 0.95
+
+
+def test_patch_targets_name_the_object_covering_most_of_the_patch_else_background():
+    config = WorldConfig()
+    _, targets, _, scenes = backbones.render_pool(24, 1, config, patch=8, workers=1)
+    vocabularies = (list(config.shapes), list(config.colors), list(config.sizes))
+    kinds = set()
+    for scene, target in zip(scenes, targets):  # the rule written out patch by patch
+        cover = patch_coverage(scene, config, patch=8)
+        for p in range(64):
+            if scene.objects and cover[:, p].max() >= 0.25:
+                obj = scene.objects[cover[:, p].argmax()]
+                expected = [v.index(a) for v, a in zip(vocabularies, (obj.shape, obj.color, obj.size))]
+            else:
+                expected = [len(v) for v in vocabularies]
+            kinds.add(expected[0] == len(config.shapes))
+            assert target[:, p].tolist() == expected
+    assert kinds == {True, False}  # both object and background patches were checked
+
+
+def test_train_in_budget_warms_up_decays_and_cuts_the_steps_to_the_budget(monkeypatch):
+    lrs = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    model, x = torch.nn.Linear(4, 1), torch.randn(16, 4)
+
+    def loss_fn(logging):
+        loss = model(x).pow(2).mean()
+        return loss, {"loss": loss}
+
+    history = backbones.train_in_budget([model], loss_fn, "cpu", 0.1, 100, 60.0, log=lambda *_: None)
+    assert [h["step"] for h in history] == [0, 50, 99] and not model.training
+    assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])  # 3% warmup, then cosine decay
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 1e-3
+    lrs.clear()
+    history = backbones.train_in_budget([model], loss_fn, "cpu", 0.1, 10_000, 1e-6, log=lambda *_: None)
+    assert [(h["step"], h["planned"]) for h in history] == [(0, 10_000), (50, 10_000), (59, 60)]
+    assert len(lrs) == 60  # timed over steps 20-59, the budget fits fewer steps than the floor of 60

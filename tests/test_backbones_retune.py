@@ -37,7 +37,8 @@ def test_retune_keeps_the_vision_tower_and_replaces_the_text_side(tmp_path):
     for name, tensor in clip.vision_model.state_dict().items():  # the image side stayed locked
         assert torch.equal(tensor, retuned.vision_model.state_dict()[name]), name
     # a fresh tokenizer (2048 tokens, not the toy's) with a text tower sized for it
-    assert len(AutoTokenizer.from_pretrained(tmp_path / "vision")) == retuned.config.text_config.vocab_size != len(tokenizer)
+    fresh = AutoTokenizer.from_pretrained(tmp_path / "vision")
+    assert len(fresh) == retuned.config.text_config.vocab_size != len(tokenizer)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == report and saved["patch_probe"] == {"shape": 1.0}  # merged, not replaced
     assert saved["text_tower_retuned"]["steps"] == 60 and saved["retrieval_candidates"] == 500

@@ -145,6 +145,13 @@ def test_save_and_load_roundtrip_and_build_from_folders(tmp_path, towers, tokeni
     again = LlavaMini.from_pretrained(tmp_path / "ckpt")
     assert again.config == model.config
     torch.testing.assert_close(again(**batch).loss, loss, atol=1e-6, rtol=0)
+    # towers=False: only what LlavaMini adds (a training checkpoint); the towers are named when loading.
+    model.save_pretrained(tmp_path / "light", towers=False)
+    assert sorted(p.name for p in (tmp_path / "light").iterdir()) == ["llava_mini.json", "projector.safetensors"]
+    with pytest.raises(OSError):
+        LlavaMini.from_pretrained(tmp_path / "light")
+    light = LlavaMini.from_pretrained(tmp_path / "light", vision=towers / "vision", lm=towers / "lm")
+    torch.testing.assert_close(light(**batch).loss, loss, atol=1e-6, rtol=0)
     # A full two-tower CLIP checkpoint (like openai/clip-vit-*) yields its vision half.
     clip = CLIPModel(CLIPConfig(vision_config=tiny_vision().config.to_dict(),
                                 text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,

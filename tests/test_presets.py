@@ -3,7 +3,6 @@ run against local stand-in folders (a tiny two-tower CLIP, a tiny Qwen2 with a C
 Llama whose tokenizer has no chat template and no pad token, like Vicuna) written with save_pretrained."""
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from transformers import (
     AutoConfig,
     CLIPConfig,
     CLIPModel,
-    CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -24,16 +22,13 @@ from llava_mini import config as presets
 from llava_mini import course
 from llava_mini.model import LlavaCollator, LlavaInstructDataset, encode_conversation
 from llava_mini.paths import DATA_DIR
-from llava_mini.config import VICUNA_TEMPLATE, ModelShape, get_preset
+from llava_mini.config import VICUNA_TEMPLATE, get_preset
 from llava_mini.course import load_base, load_processors
 from llava_mini.train import add_lora, train
-from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, one_thread, tiny_processor, write_records  # noqa: F401
+from stand_ins import IMAGE_SIZE, PATCH, bpe_tokenizer, one_thread, tiny_processor, write_records  # noqa: F401 (one_thread: a fixture)
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-STANDIN_SHAPE = ModelShape(vision_hidden=32, vision_layers=2, vision_intermediate=64, image_size=IMAGE_SIZE,
-                           patch_size=PATCH, lm_hidden=64, lm_layers=2, lm_intermediate=128, lm_heads=4,
-                           lm_kv_heads=2, vocab_size=300, tied_embeddings=True)
 
 
 def hub_tokenizer(specials, **tokens) -> PreTrainedTokenizerFast:
@@ -122,7 +117,7 @@ def test_a_run_config_is_one_tree_and_one_key():
 def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
     import bitsandbytes as bnb
 
-    preset = get_preset("colab", model={"vision": str(standins["clip"]), "lm": str(standins["qwen"])}, shape=STANDIN_SHAPE)
+    preset = get_preset("colab", model={"vision": str(standins["clip"]), "lm": str(standins["qwen"])})
     tokenizer, processor = load_processors(preset)
     assert tokenizer.chat_template == CHATML  # the model's own template is kept
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -143,7 +138,7 @@ def test_colab_preset_path_runs_qlora_on_local_standins(standins, tmp_path):
 
 
 def test_paper_preset_path_gives_vicuna_a_template_and_a_pad_token(standins):
-    preset = get_preset("paper", model={"vision": str(standins["clip"]), "lm": str(standins["vicuna"])}, shape=STANDIN_SHAPE)
+    preset = get_preset("paper", model={"vision": str(standins["clip"]), "lm": str(standins["vicuna"])})
     tokenizer, processor = load_processors(preset)
     assert tokenizer.chat_template == VICUNA_TEMPLATE
     assert tokenizer.pad_token == "<unk>"  # LLaVA pads Vicuna with unk
@@ -181,7 +176,7 @@ def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
 
 
 def standin_preset(standins):
-    return get_preset("colab", name="standin", shape=STANDIN_SHAPE,
+    return get_preset("colab", name="standin",
                       model={"vision": str(standins["clip"]), "lm": str(standins["qwen"])},
                       data={"stage1_file": str(standins["records"]), "instruct_file": str(standins["records"]),
                             "image_folder": str(standins["images"])},

@@ -9,7 +9,7 @@ from llava_mini.world import ImageRecord, ObjectAnnotation
 from llava_mini.teacher import validate_response
 from llava_mini.teacher import BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, SYSTEM_MESSAGES
 from llava_mini.teacher import (
-    RESPONSE_TYPES, build_messages, load_seeds, prompt_fingerprint, record_context, response_type_of,
+    RESPONSE_TYPES, build_messages, cache_key, load_seeds, record_context, response_type_of,
 )
 
 
@@ -81,8 +81,10 @@ def test_record_context_follows_the_paper():
     assert record_context(rec, "complex") == "A red circle.\n\nred circle: [0.000, 0.000, 0.250, 0.250]"
 
 
-def test_fingerprint_changes_with_the_prompt():
+def test_cache_key_changes_with_the_prompt():
     a = build_messages("conversation", "A red circle.")
     b = build_messages("conversation", "A blue circle.")
-    assert prompt_fingerprint(a) == prompt_fingerprint(build_messages("conversation", "A red circle."))
-    assert prompt_fingerprint(a) != prompt_fingerprint(b)
+
+    def key(messages):
+        return cache_key("1.png", "conversation", "teacher", messages)
+    assert key(a) == key(build_messages("conversation", "A red circle.")) and key(a) != key(b)

@@ -305,6 +305,16 @@ def test_reader_never_guesses():
     assert not read_context("A red circle on a light background.").complete
 
 
+@pytest.mark.parametrize("response_type", ["conversation", "detail", "complex"])
+def test_shapes_without_colours_are_answered(response_type):
+    # An inventory that says no colour at all: the colour questions are skipped, not a crash (count_colour did).
+    context = ("Two shapes: a circle and a square.\n\n"
+               "circle: [0.100, 0.100, 0.300, 0.300]\nsquare: [0.600, 0.600, 0.800, 0.800]")
+    for seed in range(60):
+        text = SymbolicTeacher(seed).complete(build_messages(response_type, context))
+        assert text and "None" not in text
+
+
 REAL_CONTEXTS = {t: [c for c, _ in load_seeds(t) if "shape" not in c] for t in ("conversation", "detail", "complex")}
 
 

@@ -4,7 +4,6 @@ over the box's share of the image, per layer, over held-out one-object questions
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -12,7 +11,6 @@ import torch
 from llava_mini.attention.extract import AnswerAttention, inspect_answers, normalise_over_image, patch_grid
 from llava_mini.attention.extract import use_eager_attention
 from llava_mini.evaluate import extract_answer, is_correct, make_questions
-from llava_mini.files import write_json as _write_json
 
 
 def square_box(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
@@ -189,8 +187,3 @@ def summarize_grounding(results: Sequence[GroundingResult]) -> dict:
         summary["by_kind"][kind] = {"n": len(rows), "accuracy": round(sum(r.correct for r in rows) / len(rows), 4),
                                     "grounding_by_layer": _mean_sem(torch.stack([r.by_layer for r in rows]))[0]}
     return summary
-
-
-def write_json(data: dict, path: str | Path) -> Path:
-    """Notebook 05's report writer (data first): ``llava_mini.files.write_json`` (atomic), indented."""
-    return _write_json(path, data, indent=2)

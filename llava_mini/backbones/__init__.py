@@ -1,19 +1,18 @@
-"""The tiny stand-ins for CLIP and Vicuna, built on the shapes world (notebook 03 shows what they learned):
-recipe, tokenizer, vision (CLIP), lm (Vicuna), probes (what the tower learned), build (the whole build)."""
+"""The tiny stand-ins for CLIP and Vicuna, built on the shapes world (notebook 03 shows what they learned): recipe
+(sizes, the training loop), vision (CLIP), lm (Vicuna, the tokenizer), probes (what the tower learned), build."""
 
 from llava_mini.backbones.build import (  # noqa: F401
     BACKBONES_DIR, build_language_model, build_vision_tower, build_backbones, main,
 )
 from llava_mini.backbones.lm import (  # noqa: F401
-    INSTRUCTION_WORDS, world_scenes, world_text_corpus, text_only_chats, make_lm, pack_corpus, pretrain_lm,
-    perplexity,
+    SPECIAL_TOKENS, CHAT_TEMPLATE, INSTRUCTION_WORDS, world_text_corpus, text_only_chats, train_tokenizer,
+    make_lm, pack_corpus, pretrain_lm, perplexity,
 )
 from llava_mini.backbones.probes import (  # noqa: F401
     patch_features, linear_probe, probe_patches, retrieval_top1, contrastive_demo,
 )
-from llava_mini.backbones.recipe import BackboneRecipe, BudgetedCosine  # noqa: F401
-from llava_mini.backbones.tokenizer import SPECIAL_TOKENS, CHAT_TEMPLATE, train_tokenizer  # noqa: F401
+from llava_mini.backbones.recipe import BackboneRecipe, train_in_budget  # noqa: F401
 from llava_mini.backbones.vision import (  # noqa: F401
-    patch_coverage, render_pool, clip_embeds, contrastive_loss, PatchHeads, make_clip, image_processor_for,
-    to_pixels, tokenize_captions, pretrain_vision,
+    patch_coverage, render_pool, contrastive_loss, PatchHeads, make_clip, image_processor_for, to_pixels,
+    tokenize_captions, pretrain_vision,
 )

@@ -1,11 +1,8 @@
 """Tiny pretrained backbones for the offline track: the stand-ins for CLIP and Vicuna.
 
-LLaVA downloads a web-scale CLIP and a chat LM; the offline track cannot, so this module builds small ones on
-the shapes world as ordinary `save_pretrained` folders, loaded by the course with `from_pretrained` like a hub
-model: data/backbones/vision (CLIPModel + CLIPImageProcessor + CLIP's own tokenizer), tokenizer/ and lm/
-(byte-level BPE with a chat template, LlamaForCausalLM). `python -m llava_mini.backbones --help`; README
-gives the commands and running times.
-"""
+LLaVA downloads a web-scale CLIP and a chat LM; the offline track builds small ones on the shapes world as
+`save_pretrained` folders (data/backbones/vision: CLIPModel + processor + CLIP's tokenizer; tokenizer/, lm/:
+LlamaForCausalLM) that the course loads with `from_pretrained` like hub models. README gives the running times."""
 
 import argparse
 import json
@@ -16,84 +13,74 @@ from pathlib import Path
 
 import torch
 
-from llava_mini.backbones.lm import make_lm, pack_corpus, perplexity, pretrain_lm, text_only_chats, world_scenes, world_text_corpus
+from llava_mini.backbones.lm import (
+    make_lm, pack_corpus, perplexity, pretrain_lm, text_only_chats, train_tokenizer, world_text_corpus,
+)
 from llava_mini.backbones.probes import probe_patches, retrieval_top1
 from llava_mini.backbones.recipe import BackboneRecipe
-from llava_mini.backbones.tokenizer import train_tokenizer
 from llava_mini.backbones.vision import PatchHeads, image_processor_for, make_clip, pretrain_vision, render_pool
 from llava_mini.files import read_json, write_json
 from llava_mini.paths import DATA_DIR
-from llava_mini.world import WorldConfig
+from llava_mini.world import WorldConfig, scene_with_captions
 
 BACKBONES_DIR = DATA_DIR / "backbones"
 
 
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
-
-
-def build_language_model(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
-                         device: str | None = None, log=print) -> dict:
+def build_language_model(out_dir: Path, recipe: BackboneRecipe, device: str, log=print) -> dict:
     """Tokenizer + Llama-style LM pretrained on world text (no images): captions, symbolic contexts and
     text-only chats. Saves out_dir/tokenizer and out_dir/lm; returns its part of the report."""
-    recipe = recipe or BackboneRecipe()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config, split = WorldConfig(), recipe.lm_scenes
-    t0 = time.time()
-    scenes, captions = world_scenes(recipe.lm_scenes + recipe.lm_test_scenes, recipe.seed, config)
-    train_docs = world_text_corpus(scenes[:split], captions[:split], config) + text_only_chats(scenes[:split], captions[:split], config, recipe.seed)
-    test_docs = world_text_corpus(scenes[split:], captions[split:], config)[:-1] + text_only_chats(scenes[split:], captions[split:], config, recipe.seed + 1)
+    config, split, t0 = WorldConfig(), recipe.lm_scenes, time.time()
+    # scenes of the world's "lm" stream, numbered 1..n and never drawn: the LM's corpus needs no pixels
+    pairs = [scene_with_captions(recipe.seed, "lm", i, config) for i in range(recipe.lm_scenes + recipe.lm_test_scenes)]
+    scenes, captions = [replace(scene, image_id=i + 1) for i, (scene, _) in enumerate(pairs)], [c for _, c in pairs]
+    train_docs = (world_text_corpus(scenes[:split], captions[:split], config)
+                  + text_only_chats(scenes[:split], captions[:split], config, recipe.seed))
+    test_docs = (world_text_corpus(scenes[split:], captions[split:], config)[:-1]  # without INSTRUCTION_WORDS
+                 + text_only_chats(scenes[split:], captions[split:], config, recipe.seed + 1))
     tokenizer = train_tokenizer(train_docs, recipe.vocab_size)
-    corpus_s = round(time.time() - t0, 1)
-    t0 = time.time()
+    corpus_s, t0 = round(time.time() - t0, 1), time.time()
     lm = make_lm(recipe, tokenizer)
-    train_rows = pack_corpus(tokenizer, train_docs, recipe.lm_seq_len)
-    test_rows = pack_corpus(tokenizer, test_docs, recipe.lm_seq_len)
+    train_rows, test_rows = (pack_corpus(tokenizer, docs, recipe.lm_seq_len) for docs in (train_docs, test_docs))
     lm_log = pretrain_lm(lm, train_rows, recipe, device, log)
+    corpus = {"scenes": split, "documents": len(train_docs), "tokens": int(train_rows.numel()), "seconds": corpus_s}
     report = {
-        "lm_device": _device_name(device),
-        "lm_corpus": {"scenes": split, "documents": len(train_docs), "tokens": int(train_rows.numel()), "seconds": corpus_s},
+        "lm_corpus": corpus,
         "lm_perplexity_heldout": perplexity(lm, test_rows) if len(test_rows) else None,
         "lm_seconds": round(time.time() - t0, 1),
         "lm_log": lm_log,
     }
     for folder in ("tokenizer", "lm"):
-        tokenizer.save_pretrained(Path(out_dir) / folder)
-    lm.save_pretrained(Path(out_dir) / "lm")
+        tokenizer.save_pretrained(out_dir / folder)
+    lm.save_pretrained(out_dir / "lm")
     return report
 
 
-def build_vision_tower(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe | None = None,
-                       device: str | None = None, workers: int | None = None, log=print) -> dict:
+def build_vision_tower(out_dir: Path, recipe: BackboneRecipe, device: str, workers: int | None, log=print) -> dict:
     """CLIP (ViT + text tower, with CLIP's own tokenizer) trained contrastively plus the per-patch attribute
     loss. Saves out_dir/vision; returns its part of the report."""
-    recipe = recipe or BackboneRecipe()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = WorldConfig()
-    t0 = time.time()
-    log(f"rendering {recipe.n_scenes} scenes ...")
-    images, targets, captions, scenes = render_pool(recipe.n_scenes, recipe.seed, config, recipe.patch_size, workers)
-    n_test = max(8, min(500, recipe.n_scenes // 10))
-    train_sl, test_sl = slice(0, recipe.n_scenes - n_test), slice(recipe.n_scenes - n_test, recipe.n_scenes)
+    config, n, t0 = WorldConfig(), recipe.n_scenes, time.time()
+    log(f"rendering {n} scenes ...")
+    images, targets, captions, scenes = render_pool(n, recipe.seed, config, recipe.patch_size, workers)
+    n_test = max(8, min(500, n // 10))
+    train, test = slice(0, n - n_test), slice(n - n_test, n)
     timings = {"render_s": round(time.time() - t0, 1)}
-    tokenizer = train_tokenizer(world_text_corpus(scenes[train_sl], captions[train_sl], config), recipe.vocab_size)
+    tokenizer = train_tokenizer(world_text_corpus(scenes[train], captions[train], config), recipe.vocab_size)
     t0 = time.time()
     processor = image_processor_for(images[:2000], config.image_size)
     clip = make_clip(recipe, config, tokenizer)
     heads = PatchHeads(recipe.vision_hidden, config, config.image_size // recipe.patch_size)
-    vision_log = pretrain_vision(clip, heads, images[train_sl], targets[train_sl], captions[train_sl],
-                                 tokenizer, processor, recipe, device, log)
+    vision_log = pretrain_vision(clip, heads, images[train], targets[train], captions[train], tokenizer, processor,
+                                 recipe, device, log)
     timings["vision_s"] = round(time.time() - t0, 1)
     for part in (clip, processor, tokenizer):
-        part.save_pretrained(Path(out_dir) / "vision")
-    n_probe = min(len(images) - n_test, 2000)
+        part.save_pretrained(out_dir / "vision")
+    n_probe = min(n - n_test, 2000)
     return {
-        "device": _device_name(device),
         "timings": timings,
-        "retrieval_top1": retrieval_top1(clip, processor, tokenizer, images[test_sl], [c[0] for c in captions[test_sl]]),
+        "retrieval_top1": retrieval_top1(clip, processor, tokenizer, images[test], [c[0] for c in captions[test]]),
         "retrieval_candidates": n_test,
         "patch_probe": probe_patches(clip.vision_model, processor, (images[:n_probe], targets[:n_probe]),
-                                     (images[test_sl], targets[test_sl]), config),
+                                     (images[test], targets[test]), config),
         "vision_log": vision_log,
     }
 
@@ -103,13 +90,17 @@ def build_backbones(out_dir: str | Path = BACKBONES_DIR, recipe: BackboneRecipe 
                     log=print) -> dict:
     """Build the vision tower and/or the LM (each with its own tokenizer, as CLIP and Vicuna have), save
     them under out_dir and merge their measurements into out_dir/report.json."""
-    recipe = recipe or BackboneRecipe()
-    report_file = Path(out_dir) / "report.json"
+    out_dir, recipe = Path(out_dir), recipe or BackboneRecipe()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    report_file = out_dir / "report.json"
     report = read_json(report_file) if report_file.exists() else {}
     if "vision" in parts:
-        report.update(build_vision_tower(out_dir, recipe, device, workers, log), vision_recipe=asdict(recipe))
+        report.update({"device": name, **build_vision_tower(out_dir, recipe, device, workers, log)},
+                      vision_recipe=asdict(recipe))
     if "lm" in parts:
-        report.update(build_language_model(out_dir, recipe, device, log), lm_recipe=asdict(recipe))
+        report.update({"lm_device": name, **build_language_model(out_dir, recipe, device, log)},
+                      lm_recipe=asdict(recipe))
     write_json(report_file, report, indent=1)
     log(json.dumps({k: v for k, v in report.items() if not k.endswith("_log")}, indent=1))
     return report
@@ -121,12 +112,12 @@ def main(argv=None):
         raise SystemExit("the text-tower retune is a script now: python scripts/retune_text_tower.py " + " ".join(argv))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(BACKBONES_DIR))
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--device")
+    parser.add_argument("--workers", type=int)
     parser.add_argument("--toy", action="store_true", help="a seconds-long run at toy size (tests)")
     parser.add_argument("--parts", default="vision,lm", help="which backbones to build: vision, lm or both")
     for field_name, value in asdict(BackboneRecipe()).items():
-        parser.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=None)
+        parser.add_argument("--" + field_name.replace("_", "-"), type=type(value))
     args = parser.parse_args(argv)
     recipe = BackboneRecipe.toy() if args.toy else BackboneRecipe()
     recipe = replace(recipe, **{k: getattr(args, k) for k in asdict(recipe) if getattr(args, k) is not None})

@@ -1,18 +1,26 @@
-"""The stand-in for Vicuna: its world-text corpus (captions, symbolic contexts, text-only chats), the
-Llama-style model, and its next-token pretraining."""
+"""The stand-in for Vicuna: its world-text corpus (captions, symbolic contexts, text-only chats), the byte-level
+BPE tokenizer with a Vicuna-like chat template (CLIP gets one of its own), the Llama model and its pretraining."""
 
-import json
 import math
-import time
 
+import jinja2
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llava_mini.backbones.recipe import BackboneRecipe, BudgetedCosine
-from llava_mini.backbones.tokenizer import CHAT_TEMPLATE
-from llava_mini.teacher import IMAGE_TOKEN
-from llava_mini.world import ImageRecord, ObjectAnnotation, Scene, WorldConfig, context_text, make_captions, sample_scene
-from llava_mini.world.shapes import _rng  # the world's seeding rule, so scenes stay what they were
+from llava_mini.backbones.recipe import BackboneRecipe, train_in_budget
+from llava_mini.teacher import IMAGE_TOKEN, generate_instruct_data
+from llava_mini.world import ImageRecord, ObjectAnnotation, Scene, WorldConfig, context_text
 
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+# Vicuna-like: "USER: ... \nASSISTANT: ...</s>\n". The answer is everything after "ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}USER: {{ m['content'] }}\n"
+    "{% else %}ASSISTANT: {{ m['content'] }}</s>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 # Words of the instruction-tuning turns that captions never use, so BPE gives them whole tokens.
 INSTRUCTION_WORDS = (
     "USER: ASSISTANT: What colour color is the object? What shape is it? How many objects are there? "
@@ -21,16 +29,6 @@ INSTRUCTION_WORDS = (
     "Summarize the scene. The image shows shapes on a light background. Which one is the largest? "
     "Explain step by step. First, second, then, therefore, so the answer is. zero one two three four five six"
 )
-
-
-def world_scenes(n: int, seed: int, config: WorldConfig, stream: str = "lm") -> tuple[list[Scene], list[list[str]]]:
-    """n scenes and their captions without drawing them (the LM's corpus needs no pixels)."""
-    scenes, captions = [], []
-    for i in range(n):
-        rng = _rng(seed, stream, i)
-        scenes.append(sample_scene(config, rng, i + 1))
-        captions.append(make_captions(scenes[-1], rng, image_size=config.image_size))
-    return scenes, captions
 
 
 def _record(scene: Scene, captions: list[str], config: WorldConfig) -> ImageRecord:
@@ -42,10 +40,8 @@ def _record(scene: Scene, captions: list[str], config: WorldConfig) -> ImageReco
 def world_text_corpus(scenes: list[Scene], captions: list[list[str]], config: WorldConfig) -> list[str]:
     """World text for the tokenizer and the LM (no images): per scene, its captions as one document and
     its symbolic context (captions + boxes) as the paper's text-only teacher read it; last, INSTRUCTION_WORDS."""
-    docs = []
-    for scene, caps in zip(scenes, captions):
-        docs += [" ".join(caps), context_text(_record(scene, caps, config), boxes=True)]
-    return docs + [INSTRUCTION_WORDS]
+    contexts = [context_text(_record(scene, caps, config), boxes=True) for scene, caps in zip(scenes, captions)]
+    return [doc for caps, context in zip(captions, contexts) for doc in (" ".join(caps), context)] + [INSTRUCTION_WORDS]
 
 
 def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: WorldConfig, seed: int = 0) -> list[str]:
@@ -56,11 +52,7 @@ def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: Worl
     instructions about a scene it reads as text. LLaVA's stage 2 then teaches it to read the scene from
     image tokens instead.
     """
-    import jinja2
-
-    from llava_mini.model import to_messages
-    from llava_mini.teacher import generate_instruct_data
-
+    from llava_mini.model import to_messages  # here, as transformers below: importing it takes seconds
     records = [_record(scene, caps, config) for scene, caps in zip(scenes, captions)]
     contexts = {r.file_name: context_text(r, boxes=True) for r in records}
     template = jinja2.Template(CHAT_TEMPLATE)  # the tokenizer is trained on these chats, so it cannot render them
@@ -72,9 +64,24 @@ def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: Worl
     return chats
 
 
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE (any text encodes; no unknown words) wrapped as a transformers fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # </s> gets id 4, not 2: CLIP's text tower treats eos_token_id == 2 as a legacy config and pools at
+    # the *largest token id* instead of at </s> (transformers keeps that for old checkpoints).
+    pad, bos, unk, eos = (SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "unk_token", "eos_token"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[pad, bos, unk, IMAGE_TOKEN, eos],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, additional_special_tokens=[IMAGE_TOKEN],
+                                   chat_template=CHAT_TEMPLATE)  # pads on the right, the default
+
+
 def make_lm(recipe: BackboneRecipe, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=recipe.lm_hidden, intermediate_size=recipe.lm_intermediate,
         num_hidden_layers=recipe.lm_layers, num_attention_heads=recipe.lm_heads, num_key_value_heads=recipe.lm_heads,
@@ -87,40 +94,24 @@ def make_lm(recipe: BackboneRecipe, tokenizer):
 
 def pack_corpus(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
     """Concatenate <s> doc </s> ... and cut into (n, seq_len) rows, GPT-style packing."""
-    stream: list[int] = []
-    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        stream += [tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    stream = [t for ids in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in (bos, *ids, eos)]
     n = len(stream) // seq_len
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
 
 
 def pretrain_lm(lm, rows: torch.Tensor, recipe: BackboneRecipe, device: str, log=print) -> list[dict]:
     """Next-token prediction on packed world text rows (n, seq_len). Returns a log every 50 steps."""
-    lm.to(device).train()
-    opt = torch.optim.AdamW(lm.parameters(), lr=recipe.lm_lr, weight_decay=0.1, betas=(0.9, 0.95))
-    sched = BudgetedCosine(opt, recipe.lm_steps, recipe.lm_minutes, recipe.lm_lr)
     rows = rows.to(device)
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    history, start, step = [], time.time(), 0
-    while True:
+
+    def loss_fn(logging: bool):
         batch = rows[torch.randint(len(rows), (recipe.lm_batch,), generator=gen, device=device)]
-        with amp:
-            loss = lm(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        opt.step()
-        more = sched.step()
-        if step % 50 == 0 or not more:
-            history.append({"step": step, "planned": sched.total, "loss": round(loss.item(), 4), "seconds": round(time.time() - start, 1)})
-            if step % 500 == 0 or not more:
-                log(json.dumps(history[-1]))
-        step += 1
-        if not more:
-            break
-    lm.eval()
-    return history
+        loss = lm(input_ids=batch, labels=batch).loss
+        return loss, {"loss": loss}
+
+    return train_in_budget([lm], loss_fn, device, recipe.lm_lr, recipe.lm_steps, recipe.lm_minutes, log,
+                           weight_decay=0.1, betas=(0.9, 0.95))
 
 
 @torch.no_grad()

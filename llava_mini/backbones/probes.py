@@ -10,18 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llava_mini.backbones.recipe import BackboneRecipe
-from llava_mini.backbones.vision import clip_embeds, contrastive_loss, make_clip, render_pool, to_pixels, tokenize_captions
+from llava_mini.backbones.vision import contrastive_loss, make_clip, render_pool, to_pixels, tokenize_captions
 from llava_mini.world import WorldConfig
 
 
 @torch.no_grad()
 def patch_features(vision_model, pixels: torch.Tensor, layer: int = -2, batch: int = 256) -> torch.Tensor:
     """(B, 3, H, W) -> (B, P, D) patch tokens of `layer` (CLS dropped), what the LM will read."""
-    out = []
-    for i in range(0, len(pixels), batch):
-        hs = vision_model(pixel_values=pixels[i: i + batch], output_hidden_states=True).hidden_states
-        out.append(hs[layer][:, 1:].float().cpu())
-    return torch.cat(out)
+    return torch.cat([vision_model(pixel_values=x, output_hidden_states=True).hidden_states[layer][:, 1:].float().cpu()
+                      for x in pixels.split(batch)])
 
 
 def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 300, seed: int = 0) -> float:
@@ -42,29 +39,32 @@ def linear_probe(train_x, train_y, test_x, test_y, classes: int, steps: int = 30
 
 def probe_patches(vision_model, processor, train, test, config: WorldConfig) -> dict[str, float]:
     """Linear probes on frozen patch features for the object under each patch (patches >= 25% covered).
-
-    train/test: (images uint8 (n, H, W, 3), targets (n, 3, P)) from `render_pool`.
-    """
-    feats = {}
-    for name, (images, targets) in (("train", train), ("test", test)):
+    train/test: (images uint8 (n, H, W, 3), targets (n, 3, P)) from `render_pool`."""
+    feats = []
+    for images, targets in (train, test):
         x = patch_features(vision_model, to_pixels(images, processor, next(vision_model.parameters()).device))
         y = torch.as_tensor(targets).permute(0, 2, 1).reshape(-1, 3)  # (n*P, 3)
-        x = x.reshape(-1, x.shape[-1])
         keep = y[:, 0] < len(config.shapes)  # object patches only
-        feats[name] = (x[keep], y[keep])
-    (train_x, train_y), (test_x, test_y) = feats["train"], feats["test"]
-    sizes = {"shape": len(config.shapes), "color": len(config.colors), "size": len(config.sizes)}
-    return {attr: linear_probe(train_x, train_y[:, k], test_x, test_y[:, k], n) for k, (attr, n) in enumerate(sizes.items())}
+        feats.append((x.reshape(-1, x.shape[-1])[keep], y[keep]))
+    (train_x, train_y), (test_x, test_y) = feats
+    classes = {"shape": len(config.shapes), "color": len(config.colors), "size": len(config.sizes)}
+    return {attr: linear_probe(train_x, train_y[:, k], test_x, test_y[:, k], n)
+            for k, (attr, n) in enumerate(classes.items())}
 
 
 @torch.no_grad()
+def _similarity(clip, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n, n) cosine similarity of n images and n captions in CLIP's joint space."""
+    img = clip.get_image_features(pixel_values=pixels).pooler_output
+    txt = clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    return F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
+
+
 def retrieval_top1(clip, processor, tokenizer, images: np.ndarray, captions: list[str]) -> dict[str, float]:
     """Image->text and text->image top-1 accuracy among len(images) candidates."""
     device = next(clip.parameters()).device
-    img = clip_embeds(clip.get_image_features(pixel_values=to_pixels(images, processor, device)))
     ids, mask = tokenize_captions(tokenizer, captions)
-    txt = clip_embeds(clip.get_text_features(input_ids=ids.to(device), attention_mask=mask.to(device)))
-    sim = F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
+    sim = _similarity(clip, to_pixels(images, processor, device), ids.to(device), mask.to(device))
     target = torch.arange(len(sim), device=sim.device)
     return {"image_to_text": (sim.argmax(1) == target).float().mean().item(),
             "text_to_image": (sim.argmax(0) == target).float().mean().item()}
@@ -81,25 +81,17 @@ def contrastive_demo(tokenizer, processor, n_images: int = 512, steps: int = 80,
     clip = make_clip(recipe, config, tokenizer)
     opt = torch.optim.AdamW(clip.parameters(), lr=2e-3)
     ids, mask = tokenize_captions(tokenizer, [c[0] for c in captions])
-    pixels = to_pixels(images, processor)
-    show = slice(n_images, n_images + n_show)
-
-    def embed(rows):  # (image embeds, text embeds) of the pairs `rows`
-        return (clip_embeds(clip.get_image_features(pixel_values=pixels[rows])),
-                clip_embeds(clip.get_text_features(input_ids=ids[rows], attention_mask=mask[rows])))
-
-    @torch.no_grad()
-    def similarity():
-        img, txt = embed(show)
-        return (F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T).numpy()
-
-    before = similarity()
-    gen, losses = torch.Generator().manual_seed(seed), []
+    pixels, show = to_pixels(images, processor), slice(n_images, n_images + n_show)
+    held_out = (pixels[show], ids[show], mask[show])  # the n_show pairs whose similarity is shown
+    before, gen, losses = _similarity(clip, *held_out).numpy(), torch.Generator().manual_seed(seed), []
     for _ in range(steps):
-        loss = contrastive_loss(*embed(torch.randint(n_images, (batch,), generator=gen)), clip.logit_scale)
+        rows = torch.randint(n_images, (batch,), generator=gen)
+        image_embeds = clip.get_image_features(pixel_values=pixels[rows]).pooler_output
+        text_embeds = clip.get_text_features(input_ids=ids[rows], attention_mask=mask[rows]).pooler_output
+        loss = contrastive_loss(image_embeds, text_embeds, clip.logit_scale)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return {"losses": losses, "before": before, "after": similarity(), "images": images[show],
+    return {"losses": losses, "before": before, "after": _similarity(clip, *held_out).numpy(), "images": images[show],
             "captions": [c[0] for c in captions[show]], "chance_loss": math.log(batch)}

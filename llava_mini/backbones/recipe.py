@@ -1,5 +1,6 @@
-"""The backbones' sizes and budgets, and the learning-rate schedule that keeps each phase within its budget."""
+"""The backbones' sizes and budgets, and the one training loop that keeps each phase within its budget."""
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -38,8 +39,7 @@ class BackboneRecipe:
     lm_seq_len: int = 256
     lm_scenes: int = 20_000       # scenes whose captions, contexts and text-only chats the LM reads
     lm_test_scenes: int = 300
-    # wall-clock budgets: after a few steps the step count is cut so each phase ends within its budget
-    # (the cosine schedule then spans the steps that fit), so one recipe runs on a CPU or a GPU
+    # wall-clock budgets (train_in_budget cuts the step count to fit them), so one recipe runs on a CPU or a GPU
     vision_minutes: float = 25.0
     lm_minutes: float = 5.0
 
@@ -51,36 +51,45 @@ class BackboneRecipe:
                    lm_scenes=40, lm_test_scenes=8)
 
 
-class BudgetedCosine:
-    """Linear warmup then cosine decay over `total` steps, where `total` is cut once the first steps
-    show that it would not fit in `minutes` of wall-clock time. (A fixed-length library schedule cannot
-    shrink its horizon mid-run.)"""
+def train_in_budget(modules: list, loss_fn, device: str, lr: float, steps: int, minutes: float, log=print,
+                    after_step=lambda: None, max_grad_norm: float | None = 1.0, bf16: bool = True,
+                    **adamw) -> list[dict]:
+    """Train `modules` with AdamW and a cosine schedule for `steps` steps or `minutes`, whichever ends first.
 
-    def __init__(self, optimizer, total: int, minutes: float, base_lr: float, warmup_share: float = 0.03):
-        self.optimizer, self.total, self.minutes, self.base_lr = optimizer, total, minutes, base_lr
-        self.warmup_share = warmup_share
-        self.step_count = 0
-        self._set_lr()
-
-    def lr(self, step: int) -> float:
-        warmup = max(1, int(self.warmup_share * self.total))
-        if step < warmup:
-            return self.base_lr * (step + 1) / warmup
-        return self.base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, self.total - warmup))))
-
-    def step(self) -> bool:
-        """Set the learning rate for the next step; False when training should stop."""
-        self.step_count += 1
-        if self.step_count in (20, 60) and torch.cuda.is_available():
+    loss_fn(logging) -> (loss, {name: 0-dim tensor}) draws and scores one batch (in bf16 autocast on a GPU).
+    After 60 steps the step count is cut to what fits in `minutes`, and the cosine then spans the steps that
+    fit (a library schedule cannot shrink its horizon mid-run). Returns every 50th step and the last with
+    their values; every 500th is also logged."""
+    params = [p for module in modules for p in module.to(device).train().parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, **adamw)
+    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16 and device.startswith("cuda"))
+    history, start, total, step, more = [], time.time(), steps, 0, True
+    while more:
+        warmup = max(1, int(0.03 * total))  # linear warmup, then cosine decay to 0 at `total`
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr * (step + 1) / warmup if step < warmup else lr * 0.5 * (1 + math.cos(math.pi * progress))
+        with amp:
+            loss, values = loss_fn(step % 50 == 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        after_step()
+        if step in (19, 59) and torch.cuda.is_available():
             torch.cuda.synchronize()  # time finished work, not queued kernels
-        if self.step_count == 20:  # the first steps include warm-up overheads; measure the next 40
-            self._t20 = time.time()
-        if self.step_count == 60:
-            per_step = (time.time() - self._t20) / 40
-            self.total = max(60, min(self.total, int(self.minutes * 60 / per_step)))
-        self._set_lr()
-        return self.step_count < self.total
-
-    def _set_lr(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(self.step_count)
+        if step == 19:  # the first steps include warm-up overheads: time the next 40
+            t20 = time.time()
+        if step == 59:
+            total = max(60, min(total, int(minutes * 60 / ((time.time() - t20) / 40))))
+        more = step + 1 < total
+        if step % 50 == 0 or not more:
+            history.append({"step": step, "planned": total, **{k: round(v.item(), 4) for k, v in values.items()},
+                            "seconds": round(time.time() - start, 1)})
+            if step % 500 == 0 or not more:
+                log(json.dumps(history[-1]))
+        step += 1
+    for module in modules:
+        module.eval()
+    return history

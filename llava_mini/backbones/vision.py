@@ -6,9 +6,7 @@ QA), so beside CLIP's loss a per-patch head learns, on layer -2, the shape / col
 each patch and the patch's row and column: the honest stand-in for what web-scale pretraining gives CLIP.
 """
 
-import json
 import math
-import time
 from dataclasses import replace
 from multiprocessing import Pool
 
@@ -17,9 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llava_mini.backbones.recipe import BackboneRecipe, BudgetedCosine
-from llava_mini.world import Scene, WorldConfig, make_captions, render_scene, sample_scene
-from llava_mini.world.shapes import _rng  # the world's seeding rule, so scenes stay what they were
+from llava_mini.backbones.recipe import BackboneRecipe, train_in_budget
+from llava_mini.world import Scene, WorldConfig, render_scene, scene_with_captions
 
 
 def patch_coverage(scene: Scene, config: WorldConfig, patch: int) -> np.ndarray:
@@ -37,19 +34,15 @@ def patch_coverage(scene: Scene, config: WorldConfig, patch: int) -> np.ndarray:
 def _scene_arrays(args):
     """One training example: image, per-patch targets and captions. Runs in a worker process."""
     seed, index, config, patch = args
-    rng = _rng(seed, "backbone", index)
-    scene = sample_scene(config, rng, index)
+    scene, captions = scene_with_captions(seed, "backbone", index, config)
+    scene = replace(scene, image_id=index)
     image = np.asarray(render_scene(scene, config), dtype=np.uint8)
-    captions = make_captions(scene, rng, image_size=config.image_size)
-    # targets per patch: shape, colour, size of the object covering most of it; background = last class
+    # per patch, the object covering most of it if >= 25%, else background (a last row at 25% that loses ties)
     vocabularies = (list(config.shapes), list(config.colors), list(config.sizes))
-    targets = np.array([[len(v)] * (config.image_size // patch) ** 2 for v in vocabularies], dtype=np.int64)
-    if scene.objects:
-        cover = patch_coverage(scene, config, patch)
-        best = cover.argmax(0)
-        for p in np.nonzero(cover.max(0) >= 0.25)[0]:
-            obj = scene.objects[best[p]]
-            targets[:, p] = [v.index(a) for v, a in zip(vocabularies, (obj.shape, obj.color, obj.size))]
+    labels = np.array([[v.index(a) for v, a in zip(vocabularies, (o.shape, o.color, o.size))] for o in scene.objects]
+                      + [[len(v) for v in vocabularies]], dtype=np.int64)  # (n_objects + 1, 3)
+    cover = np.vstack([patch_coverage(scene, config, patch), np.full((1, (config.image_size // patch) ** 2), 0.25)])
+    targets = labels[cover.argmax(0)].T  # (3, grid*grid)
     return image, targets, captions, scene
 
 
@@ -65,15 +58,9 @@ def render_pool(n: int, seed: int, config: WorldConfig, patch: int, workers: int
     return np.stack(images), np.stack(targets), list(captions), list(scenes)
 
 
-def clip_embeds(out) -> torch.Tensor:
-    """get_image_features / get_text_features return a tensor or, in newer transformers, an output object."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric InfoNCE. image_embeds, text_embeds: (B, D); row i of each is a matching pair."""
-    image_embeds = F.normalize(image_embeds, dim=-1)
-    text_embeds = F.normalize(text_embeds, dim=-1)
+    image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
     logits = logit_scale.exp() * image_embeds @ text_embeds.T  # (B, B)
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -89,25 +76,21 @@ class PatchHeads(nn.Module):
                    "row": grid, "col": grid}
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in classes.items()})
 
-    def forward(self, patches: torch.Tensor, targets: torch.Tensor, accuracy: bool = False) -> tuple[torch.Tensor, dict]:
+    def forward(self, patches: torch.Tensor, targets: torch.Tensor, accuracy: bool = False) -> tuple:
         """patches: (B, P, D) layer-(-2) patch tokens; targets: (B, 3, P). Returns the summed loss and, when
-        asked (it syncs the GPU, so only at logging steps), each head's accuracy."""
+        asked (at logging steps), each head's accuracy as a 0-dim tensor."""
         B, P, _ = patches.shape
         pos = torch.arange(P, device=patches.device)
         wanted = {"shape": targets[:, 0], "color": targets[:, 1], "size": targets[:, 2],
                   "row": (pos // self.grid).expand(B, P), "col": (pos % self.grid).expand(B, P)}
-        loss, acc = 0.0, {}
-        for name, head in self.heads.items():
-            logits = head(patches)
-            loss = loss + F.cross_entropy(logits.flatten(0, 1).float(), wanted[name].flatten())
-            if accuracy:
-                acc[name] = (logits.argmax(-1) == wanted[name]).float().mean().item()
+        logits = {name: head(patches) for name, head in self.heads.items()}
+        loss = sum(F.cross_entropy(logits[name].flatten(0, 1).float(), wanted[name].flatten()) for name in logits)
+        acc = {k: (logits[k].argmax(-1) == wanted[k]).float().mean() for k in logits} if accuracy else {}
         return loss, acc
 
 
 def make_clip(recipe: BackboneRecipe, config: WorldConfig, tokenizer):
-    from transformers import CLIPConfig, CLIPModel
-
+    from transformers import CLIPConfig, CLIPModel  # here, not at the top: importing them takes seconds
     if tokenizer.eos_token_id == 2:
         raise ValueError("CLIP's text tower pools at the largest token id when eos_token_id == 2; give </s> another id")
     clip_config = CLIPConfig(
@@ -127,21 +110,16 @@ def make_clip(recipe: BackboneRecipe, config: WorldConfig, tokenizer):
 
 def image_processor_for(images: np.ndarray, image_size: int):
     """A CLIPImageProcessor whose mean/std are the world's (the mean is also the padding colour)."""
-    from transformers import CLIPImageProcessor
-
+    from transformers import CLIPImageProcessor  # here too (it also warns when torchvision is missing)
     pixels = images.reshape(-1, 3).astype(np.float32) / 255.0
-    return CLIPImageProcessor(
-        do_resize=True, size={"shortest_edge": image_size}, do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size}, do_normalize=True,
-        image_mean=pixels.mean(0).round(4).tolist(), image_std=pixels.std(0).round(4).tolist(), do_convert_rgb=True,
-    )
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                              image_mean=pixels.mean(0).round(4).tolist(), image_std=pixels.std(0).round(4).tolist())
 
 
 def to_pixels(images: np.ndarray | torch.Tensor, processor, device=None) -> torch.Tensor:
     """uint8 (B, H, W, 3) already at the tower's size -> normalised float (B, 3, H, W), like the processor."""
     x = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(processor.image_mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(processor.image_std, device=x.device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
     return (x - mean) / std
 
 
@@ -155,50 +133,25 @@ def tokenize_captions(tokenizer, captions: list[str], max_len: int = 64) -> tupl
 def pretrain_vision(clip, heads: PatchHeads, images, targets, captions, tokenizer, processor,
                     recipe: BackboneRecipe, device: str, log=print) -> list[dict]:
     """Contrastive image<->caption loss + per-patch attribute loss on layer -2. Returns a log every 50 steps."""
-    clip.to(device).train()
-    heads.to(device).train()
-    params = list(clip.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.vision_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    sched = BudgetedCosine(opt, recipe.vision_steps, recipe.vision_minutes, recipe.vision_lr)
     # Everything lives on the device once: the loop only indexes.
-    images_t = torch.as_tensor(images, device=device)
-    targets_t = torch.as_tensor(targets, device=device)
-    n, k = len(captions), len(captions[0])
+    images, targets = torch.as_tensor(images, device=device), torch.as_tensor(targets, device=device)
+    n, k, batch = len(captions), len(captions[0]), recipe.vision_batch
     ids, mask = tokenize_captions(tokenizer, [c for caps in captions for c in caps])
     ids, mask = ids.view(n, k, -1).to(device), mask.view(n, k, -1).to(device)
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
-    history, start = [], time.time()
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    step = 0
-    while True:
-        idx = torch.randint(n, (recipe.vision_batch,), generator=gen, device=device)
+
+    def loss_fn(logging: bool):
+        idx = torch.randint(n, (batch,), generator=gen, device=device)
         # half the time the complete first caption, else a random (partial) one
-        pick = torch.randint(k, (recipe.vision_batch,), generator=gen, device=device)
-        pick = torch.where(torch.rand(recipe.vision_batch, generator=gen, device=device) < 0.5, 0, pick)
-        text_ids, text_mask = ids[idx, pick], mask[idx, pick]
-        logging = step % 50 == 0
-        with amp:
-            vis = clip.vision_model(pixel_values=to_pixels(images_t[idx], processor), output_hidden_states=True)
-            image_embeds = clip.visual_projection(vis.pooler_output)
-            text_embeds = clip_embeds(clip.get_text_features(input_ids=text_ids, attention_mask=text_mask))
-            c_loss = contrastive_loss(image_embeds.float(), text_embeds.float(), clip.logit_scale)
-            p_loss, acc = heads(vis.hidden_states[-2][:, 1:], targets_t[idx], accuracy=logging)
-            loss = c_loss + p_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, math.log(100))
-        more = sched.step()
-        if logging or not more:
-            history.append({"step": step, "planned": sched.total, "contrastive": round(c_loss.item(), 4),
-                            "patch": round(p_loss.item(), 4), **{f"acc_{a}": round(v, 4) for a, v in acc.items()},
-                            "seconds": round(time.time() - start, 1)})
-            if step % 500 == 0 or not more:
-                log(json.dumps(history[-1]))
-        step += 1
-        if not more:
-            break
-    clip.eval()
-    return history
+        pick = torch.randint(k, (batch,), generator=gen, device=device)
+        pick = torch.where(torch.rand(batch, generator=gen, device=device) < 0.5, 0, pick)
+        vis = clip.vision_model(pixel_values=to_pixels(images[idx], processor), output_hidden_states=True)
+        image_embeds = clip.visual_projection(vis.pooler_output)
+        text_embeds = clip.get_text_features(input_ids=ids[idx, pick], attention_mask=mask[idx, pick]).pooler_output
+        c_loss = contrastive_loss(image_embeds.float(), text_embeds.float(), clip.logit_scale)
+        p_loss, acc = heads(vis.hidden_states[-2][:, 1:], targets[idx], accuracy=logging)
+        return c_loss + p_loss, {"contrastive": c_loss, "patch": p_loss, **{f"acc_{a}": v for a, v in acc.items()}}
+
+    return train_in_budget([clip, heads], loss_fn, device, recipe.vision_lr, recipe.vision_steps, recipe.vision_minutes,
+                           log, after_step=lambda: clip.logit_scale.data.clamp_(0, math.log(100)),  # CLIP's cap
+                           weight_decay=0.05, betas=(0.9, 0.98))

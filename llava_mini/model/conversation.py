@@ -10,16 +10,12 @@
    (``</s>``, ``<|im_end|>``) so the model learns to stop; whitespace after it is not learned.
 3. The single ``<image>`` token is expanded to N copies (one per patch), so the model can splice the N
    projected patch features in place and every text token keeps its position (as transformers' LLaVA).
-
-Truncation (``max_length``): whole trailing question/answer pairs are dropped until the sequence (image
-tokens included) fits; if even the first answer does not fit, ``RecordTooLong`` is raised.
-``build_prompt`` gives the generation prompt that matches a training sequence up to its answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
@@ -68,19 +64,14 @@ def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _is_prefix(prefix: Sequence[int], ids: Sequence[int]) -> bool:
-    return len(prefix) <= len(ids) and list(ids[: len(prefix)]) == list(prefix)
-
-
 def _expand_image_token(ids: list[int], labels: list[int], image_id: int, num_image_tokens: int, rid):
     """Replace the single image token by ``num_image_tokens`` copies (labels: -100 on all of them)."""
     positions = [i for i, t in enumerate(ids) if t == image_id]
     if len(positions) != 1:
         raise RecordError(rid, f"expected one image token (id {image_id}) in the rendered ids, found {len(positions)}")
     p = positions[0]
-    ids = ids[:p] + [image_id] * num_image_tokens + ids[p + 1:]
-    labels = labels[:p] + [IGNORE_INDEX] * num_image_tokens + labels[p + 1:]
-    return ids, labels
+    return (ids[:p] + [image_id] * num_image_tokens + ids[p + 1:],
+            labels[:p] + [IGNORE_INDEX] * num_image_tokens + labels[p + 1:])
 
 
 @dataclass
@@ -98,10 +89,10 @@ def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_leng
     """Tokenize a LLaVA record with the tokenizer's chat template and mask everything but the answers.
 
     tokenizer: with a ``chat_template`` and a single-token ``<image>``; num_image_tokens: N patch tokens
-    per image; max_length: longest sequence *after* image expansion (None: no limit); system_prompt: an
-    optional system message (rendered, never learned). Returns input_ids / labels of length T <= max_length.
-    Raises RecordError (bad record), TokenizationMismatch (the template is not prefix-stable) or
-    RecordTooLong, each naming the record.
+    per image; max_length: longest sequence *after* image expansion (None: no limit), reached by dropping
+    whole trailing question/answer pairs; system_prompt: an optional system message (rendered, never
+    learned). Returns input_ids / labels of length T <= max_length. Raises RecordError (bad record),
+    TokenizationMismatch (the template is not prefix-stable) or RecordTooLong, each naming the record.
     """
     rid = record_id(record)
     messages = to_messages(record, system_prompt)
@@ -109,13 +100,11 @@ def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_leng
     full_ids = render_ids(tokenizer, messages, add_generation_prompt=False)
 
     # Answer spans [start, end) in full_ids, found by incremental rendering.
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
+    spans: list[tuple[int, int, int]] = []
+    for i in [i for i, message in enumerate(messages) if message["role"] == "assistant"]:
         prompt_ids = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
         upto_ids = render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not (_is_prefix(prompt_ids, upto_ids) and _is_prefix(upto_ids, full_ids)):
+        if upto_ids[:len(prompt_ids)] != prompt_ids or full_ids[:len(upto_ids)] != upto_ids:
             raise TokenizationMismatch(
                 rid,
                 f"tokenization mismatch at assistant turn {len(spans)}: the chat template's rendering up to "
@@ -129,16 +118,13 @@ def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_leng
             raise RecordError(rid, f"assistant turn {len(spans)} renders to no tokens")
         spans.append((start, len(upto_ids), end))  # (answer start, turn end, label end)
 
-    # Truncation: keep the longest run of leading QA pairs that fits (image tokens count N each).
+    # Truncation: keep the QA pairs whose turn ends fit (a leading run: the ends grow); image tokens count N each.
     extra = num_image_tokens - 1  # the one <image> id becomes N ids
-    keep = len(spans)
-    if max_length is not None:
-        while keep > 0 and spans[keep - 1][1] + extra > max_length:
-            keep -= 1
-        if keep == 0:
-            raise RecordTooLong(
-                rid, f"the first question and answer need {spans[0][1] + extra} tokens (max_length={max_length})"
-            )
+    keep = sum(max_length is None or turn_end + extra <= max_length for _, turn_end, _ in spans)
+    if keep == 0:
+        raise RecordTooLong(
+            rid, f"the first question and answer need {spans[0][1] + extra} tokens (max_length={max_length})"
+        )
     cut = spans[keep - 1][1]  # end of the last kept assistant turn: a verified prefix of full_ids
     ids = full_ids[:cut]
     labels = [IGNORE_INDEX] * cut
@@ -146,8 +132,8 @@ def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_leng
         labels[start:end] = ids[start:end]
     if image_id in ids[spans[0][0]:]:
         raise RecordError(rid, f"{image_token} must come before the first answer")
-    ids, labels = _expand_image_token(ids, labels, image_id, num_image_tokens, rid)
-    return EncodedConversation(ids, labels, num_answers=keep, num_answers_dropped=len(spans) - keep)
+    return EncodedConversation(*_expand_image_token(ids, labels, image_id, num_image_tokens, rid),
+                               num_answers=keep, num_answers_dropped=len(spans) - keep)
 
 
 def build_prompt(tokenizer, question: str, num_image_tokens: int, system_prompt: str | None = None,
@@ -160,18 +146,16 @@ def build_prompt(tokenizer, question: str, num_image_tokens: int, system_prompt:
     the image goes into the first question. Returns ``input_ids`` (T,), the image token expanded to N
     copies: the same ids that training saw before the answer (same template, same expansion).
     """
-    turns = [*history, (question, None)]
-    first_q = turns[0][0]
-    if image_token not in first_q:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for q, a in history:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": question})
+    first = next(m for m in messages if m["role"] == "user")
+    if image_token not in first["content"]:
         if image_position not in ("before", "after"):
             raise ValueError(f"image_position must be 'before' or 'after', got {image_position!r}")
-        first_q = f"{image_token}\n{first_q}" if image_position == "before" else f"{first_q}\n{image_token}"
-        turns[0] = (first_q, turns[0][1])
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    for q, a in turns:
-        messages.append({"role": "user", "content": q})
-        if a is not None:
-            messages.append({"role": "assistant", "content": a})
+        q = first["content"]
+        first["content"] = f"{image_token}\n{q}" if image_position == "before" else f"{q}\n{image_token}"
     ids = render_ids(tokenizer, messages, add_generation_prompt=True)
     ids, _ = _expand_image_token(ids, [IGNORE_INDEX] * len(ids), image_token_id(tokenizer, image_token),
                                  num_image_tokens, "<prompt>")

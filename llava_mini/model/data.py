@@ -29,7 +29,7 @@ class LlavaInstructDataset(torch.utils.data.Dataset):
                  num_image_tokens: int, max_length: int | None = None, system_prompt: str | None = None,
                  skip_invalid: bool = False, check_images: bool = False):
         if isinstance(records, (str, Path)):
-            records = load_records(records)
+            records = load_records(records, validate=not skip_invalid)
         self.image_folder, self.tokenizer, self.image_processor = Path(image_folder), tokenizer, image_processor
         self.num_image_tokens = num_image_tokens
         self.skipped, self.skipped_ids = Counter(), []

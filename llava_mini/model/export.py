@@ -27,12 +27,11 @@ def export_to_transformers(model, save_directory: str | Path, tokenizer, image_p
         raise ValueError("cannot export a quantized LM: load it unquantized, merge the adapters, then export")
     if model.config.image_token_id >= text_config.vocab_size:
         raise ValueError(f"image_token_id {model.config.image_token_id} is outside the LM vocabulary "
-                         f"({text_config.vocab_size}): transformers' LLaVA embeds it, so resize the LM's embeddings first")
+                         f"({text_config.vocab_size}): transformers' LLaVA embeds it: resize the LM's embeddings first")
+    size = vision_config.image_size
     with torch.no_grad():  # how many tokens the tower adds in front of the patches (CLS: 1, SigLIP: 0)
-        tower_dtype = next(model.vision_tower.parameters()).dtype
-        dummy = torch.zeros(1, 3, vision_config.image_size, vision_config.image_size, device=model.device)
-        n_tokens = model.vision_tower(dummy.to(tower_dtype), output_hidden_states=True).hidden_states[-1].shape[1]
-    n_extra = n_tokens - model.num_image_tokens
+        dummy = torch.zeros(1, 3, size, size, device=model.device, dtype=model.vision_tower.dtype)
+        n_extra = model.vision_tower(dummy).last_hidden_state.shape[1] - model.num_image_tokens
     if n_extra not in (0, 1):
         raise ValueError(f"the vision tower adds {n_extra} non-patch tokens; transformers' LLaVA drops 0 or 1")
 
@@ -55,8 +54,7 @@ def export_to_transformers(model, save_directory: str | Path, tokenizer, image_p
     if not config.tie_word_embeddings:
         weights["lm_head.weight"] = model.get_output_embeddings().weight
     save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(save_directory)
+    config.save_pretrained(save_directory)  # (creates the folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
               save_directory / "model.safetensors", metadata={"format": "pt"})
     if getattr(lm, "generation_config", None) is not None:

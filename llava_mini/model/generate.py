@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 def pad_id(tokenizer) -> int:
@@ -25,10 +26,6 @@ def left_pad(prompts: Sequence[torch.Tensor], pad_token_id: int) -> dict[str, to
     input_ids = torch.stack([F.pad(torch.as_tensor(p, dtype=torch.long), (longest - len(p), 0), value=pad_token_id)
                              for p in prompts])
     return {"input_ids": input_ids, "attention_mask": (torch.arange(longest) >= longest - lengths[:, None]).long()}
-
-
-def _until_stop(ids: list[int], stop: set[int]) -> list[int]:
-    return next((ids[:k] for k, token in enumerate(ids) if token in stop), ids)
 
 
 @torch.no_grad()
@@ -47,13 +44,9 @@ def generate_ids(model, tokenizer, prompts: Sequence[torch.Tensor], pixel_values
     pad = pad_id(tokenizer)
     stop = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
     batches = [range(k, min(k + batch_size, len(prompts))) for k in range(0, len(prompts), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=desc)
     out: list[list[int]] = []
     try:
-        for batch in batches:
+        for batch in tqdm(batches, desc=desc, disable=not progress):
             inputs = {k: v.to(lm.device) for k, v in left_pad([prompts[i] for i in batch], pad).items()}
             if pixel_values is not None:
                 features = model.encode_images(pixel_values[batch.start:batch.stop].to(lm.device))
@@ -68,7 +61,7 @@ def generate_ids(model, tokenizer, prompts: Sequence[torch.Tensor], pixel_values
                               eos_token_id=tokenizer.eos_token_id, **{"do_sample": False, **sampling})
             if "input_ids" in inputs:  # given ids (not embeddings), generate returns prompt + continuation
                 new = new[:, inputs["input_ids"].shape[1]:]
-            out += [_until_stop(row, stop) for row in new.tolist()]
+            out += [next((row[:k] for k, token in enumerate(row) if token in stop), row) for row in new.tolist()]
     finally:
         model.train(was_training)
     return out

@@ -15,19 +15,19 @@ folder: the same code path), so 4-bit loading of the LM, LoRA by module-name reg
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as transformers_logging
 
+from llava_mini.files import read_json, write_json
 from llava_mini.model.conversation import IGNORE_INDEX
 from llava_mini.model.export import export_to_transformers
 from llava_mini.model.projector import Projector
@@ -61,11 +61,6 @@ class LlavaMiniOutput(ModelOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def _vision_config(model_or_config):
-    config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "vision_config", config)  # CLIPConfig holds a CLIPVisionConfig
-
-
 class LlavaMini(nn.Module):
     """Vision tower (CLIPVisionModel, SiglipVisionModel, ...) + projector + causal LM (LlamaForCausalLM, ...).
     ``image_token_id`` marks image positions in input_ids; ``vision_feature_layer``: the tower's hidden state
@@ -81,18 +76,16 @@ class LlavaMini(nn.Module):
                                       vision_feature_layer=vision_feature_layer,
                                       num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
                                       vision_hidden_size=vision.hidden_size, text_hidden_size=text_hidden_size)
-        self.projector = Projector(vision.hidden_size, text_hidden_size, projector_type)
-        self.projector.to(device=self.device, dtype=projector_dtype or torch.float32)
+        self.projector = Projector(vision.hidden_size, text_hidden_size, projector_type).to(
+            device=self.device, dtype=projector_dtype or torch.float32)
 
     @property
     def num_image_tokens(self) -> int:
-        """N: image tokens per image (one per patch)."""
         return self.config.num_image_tokens
 
     @property
-    def vision_config(self):
-        """The vision tower's config (CLIPVisionConfig, SiglipVisionConfig, ...)."""
-        return _vision_config(self.vision_tower)
+    def vision_config(self):  # CLIPVisionConfig, SiglipVisionConfig, ...
+        return self.vision_tower.config
 
     @property
     def device(self) -> torch.device:
@@ -108,14 +101,9 @@ class LlavaMini(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
         """Non-reentrant by default: it needs no ``enable_input_require_grads`` even with frozen embeddings
         (the projector output already carries gradients)."""
-        checkpoint_kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        lm = self.language_model
-        if hasattr(lm, "activation_checkpointing_enable"):  # the name since transformers 5.2x
-            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
-
-    activation_checkpointing_enable = gradient_checkpointing_enable
+        lm = self.language_model  # activation_checkpointing_*: the name since transformers 5.2x
+        enable = getattr(lm, "activation_checkpointing_enable", lm.gradient_checkpointing_enable)
+        enable(gradient_checkpointing_kwargs or {"use_reentrant": False}, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
         lm = self.language_model
@@ -125,10 +113,6 @@ class LlavaMini(nn.Module):
     def is_gradient_checkpointing(self) -> bool:  # transformers' own test, under either version's name
         return any(getattr(m, "gradient_checkpointing", False) for m in self.language_model.modules())
 
-    def enable_input_require_grads(self) -> None:
-        """For reentrant checkpointing with frozen embeddings (peft's prepare_model_for_kbit_training calls it)."""
-        self.language_model.enable_input_require_grads()
-
     # --- images -> embeddings
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Vision features before the projector. (B, 3, H, W) -> (B, N, D_vision).
@@ -136,13 +120,12 @@ class LlavaMini(nn.Module):
         Hidden states of layer ``vision_feature_layer``; leading non-patch tokens (CLS, registers)
         are dropped, whatever their number: the patch tokens are the last N.
         """
-        tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
+        outputs = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
         hidden = outputs.hidden_states[self.config.vision_feature_layer]  # (B, extra + N, D_vision)
         n_extra = hidden.shape[1] - self.num_image_tokens
         if n_extra < 0:
-            raise ValueError(f"the vision tower gave {hidden.shape[1]} tokens, fewer than the {self.num_image_tokens} "
-                             f"patches of its config: pixel_values of shape {tuple(pixel_values.shape)} have the wrong size?")
+            raise ValueError(f"the vision tower gave {hidden.shape[1]} tokens, fewer than its {self.num_image_tokens} "
+                             f"patches: pixel_values of shape {tuple(pixel_values.shape)} have the wrong size?")
         return hidden[:, n_extra:]
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -170,11 +153,9 @@ class LlavaMini(nn.Module):
                 raise ValueError(f"input_ids hold {n_image_tokens} image tokens but no pixel_values were given")
             return inputs_embeds
         if n_image_tokens != image_embeds.shape[0] * image_embeds.shape[1]:
-            raise ValueError(
-                f"input_ids hold {n_image_tokens} image tokens but {image_embeds.shape[0]} images give "
-                f"{image_embeds.shape[0]} x {image_embeds.shape[1]} features: expand <image> to "
-                f"{self.num_image_tokens} tokens per image (encode_conversation and build_prompt do)"
-            )
+            raise ValueError(f"input_ids hold {n_image_tokens} image tokens, the images give {image_embeds.shape[0]} x "
+                             f"{image_embeds.shape[1]} features: expand <image> to {self.num_image_tokens} tokens per "
+                             "image (encode_conversation and build_prompt do)")
         image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)
 
@@ -192,11 +173,10 @@ class LlavaMini(nn.Module):
         lm_kwargs.setdefault("use_cache", False)  # forward is for training / scoring; generate() caches
         config = self.language_model.config
         if output_attentions:
-            implementation = getattr(config, "_attn_implementation", None)
-            if implementation != "eager":  # fused kernels do not materialise the weights
-                raise ValueError(f"output_attentions needs eager attention, the LM uses {implementation!r}: build the "
-                                 "model with attn_implementation='eager' or call "
-                                 "model.language_model.set_attn_implementation('eager')")
+            if config._attn_implementation != "eager":  # fused kernels do not materialise the weights
+                raise ValueError(f"output_attentions needs eager attention, the LM uses "
+                                 f"{config._attn_implementation!r}: build the model with attn_implementation='eager' "
+                                 "or call model.language_model.set_attn_implementation('eager')")
             lm_kwargs["output_attentions"] = True
         # A plain head (logits = output_embeddings(hidden), unscaled) allows the labelled-only path.
         plain_head = all(getattr(config, name, None) is None for name in ("final_logit_softcapping", "logit_scale"))
@@ -206,10 +186,8 @@ class LlavaMini(nn.Module):
                                                          **lm_kwargs)
             loss = self.labelled_loss(outputs.last_hidden_state, labels, num_items_in_batch)
             return LlavaMiniOutput(loss=loss, attentions=outputs.attentions)
-        if num_items_in_batch is not None:
-            lm_kwargs["num_items_in_batch"] = num_items_in_batch
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
-                                      **lm_kwargs)
+                                      num_items_in_batch=num_items_in_batch, **lm_kwargs)
         return LlavaMiniOutput(loss=outputs.loss, logits=outputs.logits, attentions=outputs.attentions)
 
     def labelled_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items_in_batch=None):
@@ -224,30 +202,30 @@ class LlavaMini(nn.Module):
         selected = hidden_states[:, :-1][keep]               # (M, D)
         logits = self.get_output_embeddings()(selected).float()  # (M, V)
         loss = F.cross_entropy(logits, targets[keep], reduction="sum")
-        denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-        return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
+        denominator = keep.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return loss / torch.as_tensor(denominator, device=loss.device)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None,
                  attention_mask: torch.Tensor | None = None, **generate_kwargs) -> torch.LongTensor:
         """input_ids (B, T) *left*-padded prompts -> new tokens only (B, T_new), with every option of the LM's
-        ``generate`` (the prompt goes in as ``inputs_embeds``). Prompt lists, batched and cut at EOS: ``generate_ids``."""
+        ``generate`` (the prompt goes in as ``inputs_embeds``). Prompt lists, batched, cut at EOS: ``generate_ids``."""
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         return self.language_model.generate(inputs_embeds=self.embed_inputs(input_ids, pixel_values),
                                             attention_mask=attention_mask, **generate_kwargs)
 
     # --- saving / loading
-    def save_pretrained(self, save_directory: str | Path, tokenizer=None, image_processor=None) -> Path:
-        """Write ``vision_tower/``, ``language_model/`` (transformers folders), ``projector.safetensors``,
-        ``llava_mini.json`` and the tokenizer / image processor when given. A peft-wrapped model:
-        ``merge_and_unload()`` it first (or save just the adapters with peft)."""
+    def save_pretrained(self, save_directory: str | Path, tokenizer=None, image_processor=None,
+                        towers: bool = True) -> Path:
+        """Write ``llava_mini.json``, ``projector.safetensors``, the towers as transformers folders
+        ``vision_tower/`` and ``language_model/`` (not with ``towers=False``: a training checkpoint names
+        them) and the tokenizer / image processor when given. Merge a peft-wrapped LM first (merge_and_unload)."""
         save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.vision_tower.save_pretrained(save_directory / "vision_tower")
-        self.language_model.save_pretrained(save_directory / "language_model")
-        save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()},
-                  save_directory / PROJECTOR_WEIGHTS)
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        write_json(save_directory / CONFIG_NAME, self.config.to_dict(), indent=2)  # (creates the folder)
+        save_model(self.projector, save_directory / PROJECTOR_WEIGHTS, force_contiguous=True)
+        if towers:
+            self.vision_tower.save_pretrained(save_directory / "vision_tower")
+            self.language_model.save_pretrained(save_directory / "language_model")
         for extra in (tokenizer, image_processor):
             if extra is not None:
                 extra.save_pretrained(save_directory)
@@ -256,15 +234,18 @@ class LlavaMini(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, torch_dtype: torch.dtype | None = None, quantization_config=None,
                         attn_implementation: str | None = None, projector_dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> "LlavaMini":
-        """Load what ``save_pretrained`` wrote (through ``build``, the same path as hub models)."""
+                        device: str | torch.device | None = None, vision: str | Path | None = None,
+                        lm: str | Path | None = None) -> "LlavaMini":
+        """Load what ``save_pretrained`` wrote (through ``build``, the same path as hub models). ``vision``,
+        ``lm``: the towers (hub names or folders) when the folder holds none, or others."""
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        model = build(directory / "vision_tower", directory / "language_model", config["projector_type"],
-                      config["image_token_id"], torch_dtype=torch_dtype, quantization_config=quantization_config,
-                      attn_implementation=attn_implementation, vision_feature_layer=config["vision_feature_layer"],
-                      projector_dtype=projector_dtype, device=device)
-        model.projector.load_state_dict(load_file(directory / PROJECTOR_WEIGHTS, device=str(model.device)))
+        config = read_json(directory / CONFIG_NAME)
+        model = build(vision or directory / "vision_tower", lm or directory / "language_model",
+                      config["projector_type"], config["image_token_id"], torch_dtype=torch_dtype,
+                      quantization_config=quantization_config, attn_implementation=attn_implementation,
+                      vision_feature_layer=config["vision_feature_layer"], projector_dtype=projector_dtype,
+                      device=device)
+        load_model(model.projector, directory / PROJECTOR_WEIGHTS, device=str(model.device))
         return model
 
     def export_to_transformers(self, save_directory: str | Path, tokenizer, image_processor) -> Path:
@@ -275,7 +256,8 @@ class LlavaMini(nn.Module):
 def load_vision_tower(name_or_path: str | Path, torch_dtype: torch.dtype | None = None) -> nn.Module:
     """The vision half of a checkpoint: a CLIP/SigLIP folder or hub name -> CLIPVisionModel/SiglipVisionModel
     (for two-tower checkpoints like ``openai/clip-vit-large-patch14-336`` and vision-only folders)."""
-    vision_config = _vision_config(AutoConfig.from_pretrained(name_or_path))
+    config = AutoConfig.from_pretrained(name_or_path)
+    vision_config = getattr(config, "vision_config", config)  # CLIPConfig holds a CLIPVisionConfig
     vision_class = MODEL_MAPPING[type(vision_config)]  # CLIPVisionConfig -> CLIPVisionModel, ...
     # A two-tower checkpoint holds text-tower weights the vision model does not use; transformers reports
     # each of them as UNEXPECTED. That is expected here, so keep the load quiet (errors still show).
@@ -300,13 +282,10 @@ def build(vision_name_or_path: str | Path, lm_name_or_path: str | Path, projecto
     if image_token_id is None:
         raise ValueError("image_token_id is required (llava_mini.model.add_image_token(tokenizer) gives it)")
     vision_tower = load_vision_tower(vision_name_or_path, torch_dtype)
-    options = {"quantization_config": quantization_config, "attn_implementation": attn_implementation,
-               "device_map": None if device is None else {"": device}}
     language_model = AutoModelForCausalLM.from_pretrained(
-        lm_name_or_path, dtype=torch_dtype, **{k: v for k, v in options.items() if v is not None})
+        lm_name_or_path, dtype=torch_dtype, quantization_config=quantization_config,
+        attn_implementation=attn_implementation, device_map=None if device is None else {"": device})
     if device is not None:
         vision_tower.to(device)
-    if projector_dtype is None:
-        projector_dtype = torch.float32 if quantization_config is not None else (torch_dtype or torch.float32)
     return LlavaMini(vision_tower, language_model, image_token_id, projector_type, vision_feature_layer,
-                     projector_dtype)
+                     projector_dtype or (torch_dtype if quantization_config is None else None))

@@ -7,9 +7,9 @@ from llava_mini.teacher.base import (  # noqa: F401
 from llava_mini.teacher.cache import cache_key, ResponseCache  # noqa: F401
 from llava_mini.teacher.plots import plot_generation_stats, show_generated  # noqa: F401
 from llava_mini.teacher.prompts import (  # noqa: F401
-    RESPONSE_TYPES, SEEDS_DIR, USES_BOXES, SYSTEM_MESSAGES, BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS,
-    SeedFormatError, load_seeds, build_messages, record_context, response_type_of, prompt_fingerprint,
-    format_messages,
+    RESPONSE_TYPES, SEEDS_DIR, USES_BOXES, PROMPTS_DIR, SYSTEM_MESSAGES, BRIEF_INSTRUCTIONS,
+    DETAILED_INSTRUCTIONS, SeedFormatError, load_seeds, check_type, build_messages, record_context,
+    response_type_of, format_messages,
 )
 from llava_mini.teacher.reading import (  # noqa: F401
     COLOR_WORDS, SIZE_WORDS, SHAPE_WORDS, SIZE_RANK, SeenObject, SceneReading, size_word, parse_phrase,
@@ -17,8 +17,8 @@ from llava_mini.teacher.reading import (  # noqa: F401
 )
 from llava_mini.teacher.reasoning import write_reasoning  # noqa: F401
 from llava_mini.teacher.records import (  # noqa: F401
-    IMAGE_TOKEN, ROLES, STOP, RecordError, record_id, validate_record, load_records, read_records, record_type,
-    make_record, caption_records, naive_text,
+    IMAGE_TOKEN, ROLES, STOP, RecordError, record_id, validate_record, load_records, record_type, make_record,
+    caption_records, naive_text,
 )
 from llava_mini.teacher.remote import (  # noqa: F401
     ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, teacher_from_env, OpenAITeacher, TransformersTeacher,
@@ -29,6 +29,4 @@ from llava_mini.teacher.responses import (  # noqa: F401
 from llava_mini.teacher.runner import (  # noqa: F401
     EMPTY_REPLY, GenerationResult, generate_instruct_data, summarize, question_kind,
 )
-from llava_mini.teacher.symbolic import (  # noqa: F401
-    COMMON_COLORS, COMMON_SHAPES, write_conversation, write_detail, SymbolicTeacher,
-)
+from llava_mini.teacher.symbolic import write_conversation, write_detail, SymbolicTeacher  # noqa: F401

@@ -25,9 +25,6 @@ class Teacher:
     def complete(self, messages: list[dict[str, str]]) -> str:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.identity})"
-
 
 def last_user_message(messages: list[dict[str, str]]) -> str:
     """The content of the last user message: the context a teacher is asked about."""

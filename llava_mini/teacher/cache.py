@@ -2,30 +2,28 @@
 crash, asks the teacher only for what it has not answered yet."""
 
 import json
+import os
 from pathlib import Path
 
 from llava_mini.files import fingerprint
 
 
 def cache_key(image: str, response_type: str, teacher_identity: str, messages: list[dict]) -> str:
-    """One key per (image, type, teacher, prompt): change a prompt and the cache misses instead of serving
-    answers to a different question."""
+    """One key per (image, type, teacher, prompt): change a prompt and the cache misses, not answers wrongly."""
     return fingerprint([image, response_type, teacher_identity, messages])
 
 
 class ResponseCache:
-    """One JSON line per key. Lines are flushed as they are written, so a killed run loses at most the calls
-    in flight; a torn last line is cut off when the cache is opened again. Only the raw text is stored
-    (parsing is cheap and deterministic, so a better parser applies to old responses too), never a secret.
-    An empty response is never an answer: it is not written, and one in an old file is skipped, so the next
-    run asks again."""
+    """One JSON line per key, flushed as it is written, so a killed run loses at most the calls in flight; a
+    torn last line is cut off on reopening. Only the raw text is kept (parsing is cheap and deterministic, so
+    a better parser applies to old responses too), never a secret, and never an empty response (not written;
+    skipped in an old file), so the next run asks again."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, str] = {}
-        self.torn_lines = 0
-        self._file = None
+        self.torn_lines, self._file = 0, None
         data = self.path.read_bytes() if self.path.exists() else b""
         good = 0  # bytes up to the end of the last whole line
         for line in data.splitlines(keepends=True):
@@ -38,8 +36,7 @@ class ResponseCache:
                 break
             good += len(line)
         if self.torn_lines:  # a torn line can only be the last one written: cut it off
-            with self.path.open("r+b") as f:
-                f.truncate(good)
+            os.truncate(self.path, good)
         elif data and not data.endswith(b"\n"):  # a whole last line without its newline: add it
             with self.path.open("ab") as f:
                 f.write(b"\n")

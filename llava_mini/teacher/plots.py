@@ -1,6 +1,7 @@
 """Looking at generated instruction data: its statistics, and records beside their images."""
 
 from collections import Counter
+from itertools import groupby
 from pathlib import Path
 
 from llava_mini.teacher.records import IMAGE_TOKEN, record_type
@@ -12,16 +13,14 @@ def plot_generation_stats(records: list[dict], path: str | Path | None = None):
     conversation, words per answer by type. Returns the figure (saved to `path` if given)."""
     import matplotlib.pyplot as plt
 
-    by_type: dict[str, list[dict]] = {}
-    for r in records:
-        by_type.setdefault(record_type(r), []).append(r)
+    by_type = {t: list(rs) for t, rs in groupby(sorted(records, key=record_type), key=record_type)}
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
-    types, conversations = sorted(by_type), by_type.get("conversation", [])
+    types, conversations = list(by_type), by_type.get("conversation", [])
     axes[0].bar(types, [len(by_type[t]) for t in types], color=[f"C{k}" for k in range(len(types))])
     axes[0].set_title("records per response type")
     kinds = Counter(question_kind(turn["value"]) for r in conversations for turn in r["conversations"][::2])
-    names = [k for k, _ in kinds.most_common()]
-    axes[1].barh(names[::-1], [kinds[k] for k in names[::-1]], color="tab:blue")
+    kinds = kinds.most_common()[::-1]  # the most common at the top
+    axes[1].barh([k for k, _ in kinds], [n for _, n in kinds], color="tab:blue")
     axes[1].set_title("conversation questions by kind")
     pairs = Counter(len(r["conversations"]) // 2 for r in conversations)
     axes[2].bar(sorted(pairs), [pairs[k] for k in sorted(pairs)], color="tab:blue")

@@ -1,9 +1,9 @@
 """How the symbolic teacher reads a context: as a person would, from the text alone. It knows English words
 for colours, sizes, shapes and numbers and "to the left of" (the shapes world uses a subset; the others keep
-it from misreading other scenes); it never opens the annotation files, so all it says the context supports.
-"""
+it from misreading other scenes); it never opens the annotation files, so all it says the context supports."""
 
 import re
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from llava_mini.english import NUMBER_WORDS, plural
@@ -39,10 +39,6 @@ class SeenObject:
         return f"{self.color} {self.shape}" if self.color else self.shape
 
     @property
-    def full_name(self) -> str:
-        return " ".join(w for w in (self.size, self.color, self.shape) if w)
-
-    @property
     def described(self) -> str:  # as a sentence says it: 'medium-sized red circle'
         return " ".join(w for w in (size_word(self.size), self.color, self.shape) if w)
 
@@ -65,10 +61,6 @@ class SceneReading:
     regions: dict[int, str] = field(default_factory=dict)  # i -> "in the top left part of the picture"
     mentions_background: str | None = None  # "a light background", when a sentence says so
 
-    @property
-    def is_shapes_scene(self) -> bool:
-        return self.complete and bool(self.objects)
-
 
 def size_word(size: str | None) -> str | None:
     """How a sentence says a size: 'medium' -> 'medium-sized'."""
@@ -85,21 +77,16 @@ def read_context(context: str) -> SceneReading:
     """Parse a symbolic context (captions, a blank line, box lines) into what it states."""
     captions, boxes = [], []
     for line in filter(None, (line.strip() for line in context.splitlines())):
-        m = _BOX_RE.match(line)
-        try:
+        m, nums = _BOX_RE.match(line), ()
+        with suppress(ValueError):  # not numbers: a caption that happens to hold brackets
             nums = tuple(float(v) for v in m["nums"].split(",")) if m else ()
-        except ValueError:
-            nums = ()
         if len(nums) == 4:
             boxes.append((m["label"].strip().lower(), nums))
         else:
             captions.append(line)
     reading = SceneReading(captions=captions, boxes=boxes)
     # 1. The inventory: a sentence with a count ("three shapes") followed by a list of that many phrases.
-    for caption in captions:
-        m = _COUNT_RE.search(caption.lower())
-        if not m:
-            continue
+    for m in filter(None, (_COUNT_RE.search(caption.lower()) for caption in captions)):
         rest = re.sub(r"^[^:,]*?(?:[:,]|\bhere\b,?)\s*", "", m["rest"].strip(), count=1)
         items = re.split(r",\s*(?:and\s+)?|\s+and\s+", re.sub(r"^(?:here,?\s*)", "", rest).strip().rstrip("."))
         phrases = [parse_phrase(p) for p in items if p.strip()]
@@ -111,8 +98,7 @@ def read_context(context: str) -> SceneReading:
     if not reading.complete:
         return reading
     # 2. Boxes: attach each to an inventory object of the same category, matching sizes by box side.
-    if boxes:
-        _attach_boxes(reading)
+    _attach_boxes(reading)
     # 3. Relations and regions, kept only when each phrase points at exactly one known object.
     for text in (caption.lower().strip() for caption in captions):
         if m := _RELATION_RE.match(text):
@@ -134,12 +120,11 @@ def _attach_boxes(reading: SceneReading) -> None:
         return  # the boxes and the sentences disagree: trust neither for positions
     for category, indices in by_category.items():
         boxes = sorted(box_groups[category], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-        if len(indices) > 1:
-            sizes = [reading.objects[i].size for i in indices]
-            if None in sizes and len(set(sizes)) > 1:
-                return  # some sizes said, some not: we cannot tell which box is which
-            # Smallest box to the smallest object; objects of equal size are interchangeable anyway.
-            indices = sorted(indices, key=lambda i: SIZE_RANK.get(reading.objects[i].size, 0))
+        sizes = [reading.objects[i].size for i in indices]
+        if None in sizes and len(set(sizes)) > 1:
+            return  # some sizes said, some not: we cannot tell which box is which
+        # Smallest box to the smallest object; objects of equal size are interchangeable anyway.
+        indices = sorted(indices, key=lambda i: SIZE_RANK.get(reading.objects[i].size, 0))
         for i, box in zip(indices, boxes):
             reading.objects[i].box = box
 

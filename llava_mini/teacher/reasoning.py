@@ -1,9 +1,8 @@
 """The symbolic teacher's complex-reasoning writer: one question that takes a few steps of thought
 (counting by colour, imagining a change, comparing sizes or positions), answered step by step.
 
-Each question maker returns (question, answer), or None when the reading cannot settle it; positions are
-used only when the boxes order the shapes clearly.
-"""
+Each question maker returns (question, *steps), or None when the reading cannot settle it; positions are
+used only when the boxes order the shapes clearly."""
 
 import random
 from collections import Counter
@@ -16,17 +15,14 @@ from llava_mini.world import unique_name
 
 def write_reasoning(reading: SceneReading, rng: random.Random) -> str:
     """One reasoning question with its step-by-step answer, in the block format ("" if none fits)."""
-    if not reading.is_shapes_scene:
+    if not reading.complete:
         return _fallback_complex(reading)
     makers = [_most_common_colour, _remove_colour, _add_shape, _largest]
     if all(o.box for o in reading.objects):
         makers += [_swap_leftmost, _left_to_right, _lowest, _single_edge]
     rng.shuffle(makers)
-    for maker in makers:
-        made = maker(reading.objects, rng)
-        if made:
-            return format_qa([(made[0], " ".join(made[1:]))])
-    return ""
+    made = next(filter(None, (maker(reading.objects, rng) for maker in makers)), None)
+    return format_qa([(made[0], " ".join(made[1:]))]) if made else ""
 
 
 def _names(objs) -> list[str]:
@@ -46,23 +42,23 @@ def _most_common_colour(objs, rng):
     (first, k), tied = top[0], [c for c, n in top if n == top[0][1]]
     steps = [f"First, list the shapes: {join(_names(objs))}.",
              f"Next, count them by colour: {join([f'{number_word(n)} {c}' for c, n in top])}."]
-    if len(top) == 1:
-        return q, *steps, f"So every shape is {first}: {first} is the only colour, used {number_word(k)} times."
-    if len(tied) == 1:
-        return q, *steps, f"So {first} appears most often, on {number_word(k)} of the {_shapes(len(objs))}."
-    return q, *steps, f"So no single colour wins: {join(tied)} each appear {number_word(k)} {'time' if k == 1 else 'times'}."
+    conclusion = (f"every shape is {first}: {first} is the only colour, used {number_word(k)} times" if len(top) == 1
+                  else f"{first} appears most often, on {number_word(k)} of the {_shapes(len(objs))}" if len(tied) == 1
+                  else f"no single colour wins: {join(tied)} each appear {number_word(k)} "
+                       f"{'time' if k == 1 else 'times'}")
+    return q, *steps, f"So {conclusion}."
 
 
 def _remove_colour(objs, rng):
     colour = rng.choice(sorted({o.color for o in objs if o.color}) or [None])
-    if colour is None or not all(o.color for o in objs):
+    if not all(o.color for o in objs):
         return None
     n, k = len(objs), sum(o.color == colour for o in objs)
     return (f"If every {colour} shape were taken out of the picture, how many shapes would be left?",
             f"There are {number_word(n)} shapes in total: {join(_names(objs))}.",  # "one shapes" too: kept as written
             f"Of these, {number_word(k)} {'is' if k == 1 else 'are'} {colour}.",
-            f"Removing {'it' if k == 1 else 'them'} leaves {number_word(n)} minus {number_word(k)}, so {_shapes(n - k)} "
-            f"would be left{' and the picture would be empty.' if n == k else '.'}")
+            f"Removing {'it' if k == 1 else 'them'} leaves {number_word(n)} minus {number_word(k)}, "
+            f"so {_shapes(n - k)} would be left{' and the picture would be empty.' if n == k else '.'}")
 
 
 def _add_shape(objs, rng):
@@ -80,50 +76,44 @@ def _largest(objs, rng):
         return None
     top = max(SIZE_RANK[o.size] for o in objs)
     biggest = [i for i, o in enumerate(objs) if SIZE_RANK[o.size] == top]
-    name = unique_name(objs, biggest[0]) if len(biggest) == 1 else None
-    if not name:
+    if len(biggest) != 1 or not (name := unique_name(objs, biggest[0])):
         return None
     return ("Which shape is the biggest, and how many shapes are smaller than it?",
-            f"Compare the sizes: {join([f'the {o.full_name} is {size_word(o.size)}' for o in objs])}.",
+            f"Compare the sizes: {join([f'the {o.size} {o.category} is {size_word(o.size)}' for o in objs])}.",
             f"Only the {name} is {objs[biggest[0]].size}, so it is the biggest.",
             f"Every other shape is smaller, which makes {_shapes(len(objs) - 1)} smaller than the {name}.")
 
 
-def _x_order(objs) -> list[int] | None:
-    """Object indices from left to right, or None when two centres are too close to order for sure."""
-    order = sorted(range(len(objs)), key=lambda i: objs[i].center[0])
-    xs = [objs[i].center[0] for i in order]
-    return None if len(objs) < 2 or any(b - a < 0.06 for a, b in zip(xs, xs[1:])) else order
+def _names_left_to_right(objs) -> list[str] | None:
+    """The objects' names from left to right, or None when two centres are too close to order for sure."""
+    ordered = sorted(objs, key=lambda o: o.center[0])
+    xs = [o.center[0] for o in ordered]
+    return None if len(objs) < 2 or any(b - a < 0.06 for a, b in zip(xs, xs[1:])) else _names(ordered)
 
 
 def _swap_leftmost(objs, rng):
-    if (order := _x_order(objs)) is None:
+    if (names := _names_left_to_right(objs)) is None:
         return None
-    names = _names(objs)
     return ("If the two leftmost shapes swapped places, which shape would then be furthest to the left?",
-            f"From left to right, the shapes are {join([names[i] for i in order])}.",
-            f"The two leftmost are {names[order[0]]} and {names[order[1]]}.",
-            f"After the swap, {names[order[1]]} takes the leftmost place, so it would be furthest to the left.")
+            f"From left to right, the shapes are {join(names)}.", f"The two leftmost are {names[0]} and {names[1]}.",
+            f"After the swap, {names[1]} takes the leftmost place, so it would be furthest to the left.")
 
 
 def _left_to_right(objs, rng):
-    if (order := _x_order(objs)) is None:
+    if (names := _names_left_to_right(objs)) is None:
         return None
-    names = _names(objs)
     q = rng.choice(["If you read the shapes from left to right, in what order would you meet them?",
                     "Put the shapes in order from left to right."])
-    return (q, f"Start at the left edge of the picture: the first shape is {names[order[0]]}.",
-            *[f"Moving right, the next one is {names[i]}." for i in order[1:-1]],
-            f"The last one, furthest to the right, is {names[order[-1]]}.",
-            f"So the order is {join([names[i] for i in order])}.")
+    return (q, f"Start at the left edge of the picture: the first shape is {names[0]}.",
+            *[f"Moving right, the next one is {name}." for name in names[1:-1]],
+            f"The last one, furthest to the right, is {names[-1]}.", f"So the order is {join(names)}.")
 
 
 def _lowest(objs, rng):
-    by_bottom = sorted(range(len(objs)), key=lambda i: objs[i].box[3], reverse=True)
-    if len(objs) < 2 or objs[by_bottom[0]].box[3] - objs[by_bottom[1]].box[3] < 0.06:
+    by_bottom = sorted(objs, key=lambda o: o.box[3], reverse=True)
+    if len(objs) < 2 or by_bottom[0].box[3] - by_bottom[1].box[3] < 0.06:
         return None
-    names = _names(objs)
-    low, others = names[by_bottom[0]], [names[i] for i in by_bottom[1:]]
+    low, *others = _names(by_bottom)
     return ("Which shape comes closest to the bottom edge of the picture?",
             f"Compare how far down each shape reaches: {low} reaches lowest, "
             f"while {join(others)} {'stays' if len(others) == 1 else 'stay'} higher up.",

@@ -23,8 +23,7 @@ STOP = "<STOP>"
 
 
 class RecordError(ValueError):
-    """A record that cannot become a training example; the message names the record id (and, for a record
-    read from a file, the file and the record's index in it)."""
+    """A record that cannot become a training example; the message names it (and the file and index, if read)."""
 
     def __init__(self, record_id: Any, problem: str, path: str | Path | None = None, index: int | None = None):
         self.record_id, self.problem, self.path, self.index = record_id, problem, path, index
@@ -41,13 +40,10 @@ def validate_record(record: dict) -> None:
     rid = record_id(record)
     if not isinstance(record, dict):
         raise RecordError(rid, f"is not a JSON object (got {type(record).__name__})")
-    if not isinstance(record.get("conversations"), list):
-        raise RecordError(rid, "has no 'conversations' list")
+    if not isinstance(turns := record.get("conversations"), list) or not turns:
+        raise RecordError(rid, f"has no 'conversations' list of turns (got {turns!r:.40})")
     if "image" in record and not (isinstance(record["image"], str) and record["image"].strip()):
         raise RecordError(rid, f"'image' is not a file name (got {record['image']!r})")
-    turns = record["conversations"]
-    if not turns:
-        raise RecordError(rid, "has no turns")
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
         speaker = turn.get("from") if isinstance(turn, dict) else None
@@ -82,9 +78,6 @@ def load_records(path: str | Path, validate: bool = True) -> list[dict]:
     return records
 
 
-read_records = load_records  # the name notebook 02 uses
-
-
 def record_type(record: dict) -> str:
     """The response type of a record written here, from its id ('caption' for stage-1 records)."""
     suffix = record["id"].rsplit("_", 1)[-1]
@@ -95,12 +88,10 @@ def make_record(record_id: str, image: str, pairs: list[tuple[str, str]], rng: r
     """A LLaVA-Instruct record from question/answer pairs; `<image>` goes before or after the first question."""
     if not pairs:
         raise ValueError(f"record {record_id}: no question/answer pairs")
-    conversations = []
-    for k, (q, a) in enumerate(pairs):
-        if k == 0:
-            q = f"{IMAGE_TOKEN}\n{q}" if rng.random() < 0.5 else f"{q}\n{IMAGE_TOKEN}"
-        conversations += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    return {"id": record_id, "image": image, "conversations": conversations}
+    turns = [turn for q, a in pairs for turn in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
+    q = turns[0]["value"]
+    turns[0]["value"] = f"{IMAGE_TOKEN}\n{q}" if rng.random() < 0.5 else f"{q}\n{IMAGE_TOKEN}"
+    return {"id": record_id, "image": image, "conversations": turns}
 
 
 def caption_records(records: Iterable, seed: int = 0, captions: str = "all") -> list[dict]:
@@ -115,8 +106,8 @@ def caption_records(records: Iterable, seed: int = 0, captions: str = "all") -> 
         rng = random.Random(f"{seed}:{stem}:caption")
         chosen = list(enumerate(rec.captions))
         chosen = chosen[:1] if captions == "first" else [rng.choice(chosen)] if captions == "random" else chosen
-        for k, caption in chosen:
-            out.append(make_record(f"{stem}_caption{k}", rec.file_name, [(rng.choice(BRIEF_INSTRUCTIONS), caption)], rng))
+        for k, text in chosen:
+            out.append(make_record(f"{stem}_caption{k}", rec.file_name, [(rng.choice(BRIEF_INSTRUCTIONS), text)], rng))
     return out
 
 

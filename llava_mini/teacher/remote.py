@@ -6,20 +6,20 @@ import random
 import threading
 import time
 from collections import Counter
+from contextlib import suppress
 
 from llava_mini.teacher.base import Teacher, TeacherBudgetExhausted, TeacherError, TeacherFatalError
 
-ENV_API_KEY = "LLAVA_MINI_TEACHER_API_KEY"  # falls back to OPENAI_API_KEY
-ENV_BASE_URL = "LLAVA_MINI_TEACHER_BASE_URL"  # falls back to OPENAI_BASE_URL; unset = api.openai.com
+ENV_API_KEY = "LLAVA_MINI_TEACHER_API_KEY"  # the variables OpenAITeacher reads (its docstring says how)
+ENV_BASE_URL = "LLAVA_MINI_TEACHER_BASE_URL"
 ENV_MODEL = "LLAVA_MINI_TEACHER_MODEL"
 
 
 def teacher_from_env() -> "OpenAITeacher | None":
     """An OpenAITeacher configured from the environment, or None when neither a key nor a server is set
     (the notebooks then stay offline with the symbolic teacher)."""
-    if not any(os.environ.get(v) for v in (ENV_API_KEY, "OPENAI_API_KEY", ENV_BASE_URL, "OPENAI_BASE_URL")):
-        return None
-    return OpenAITeacher()
+    configured = any(os.environ.get(v) for v in (ENV_API_KEY, "OPENAI_API_KEY", ENV_BASE_URL, "OPENAI_BASE_URL"))
+    return OpenAITeacher() if configured else None
 
 
 class OpenAITeacher(Teacher):
@@ -32,8 +32,7 @@ class OpenAITeacher(Teacher):
 
     Rate limits (429), server errors (5xx), timeouts, dropped connections and malformed bodies are retried
     with exponential backoff (honouring Retry-After); each is counted in `stats`. `max_requests` caps the
-    HTTP requests made, retries included, so a run cannot spend more than you meant to.
-    """
+    HTTP requests made, retries included, so a run cannot spend more than you meant to."""
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
                  max_requests: int | None = None, max_retries: int = 6, timeout: float = 60.0, backoff: float = 1.0,
@@ -46,15 +45,15 @@ class OpenAITeacher(Teacher):
         base_url = base_url or os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL") or None
         key = api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY")
         if not key and base_url is None:
-            raise ValueError(f"no API key: set {ENV_API_KEY} or OPENAI_API_KEY (or point {ENV_BASE_URL} at a local server)")
+            raise ValueError(f"no API key: set {ENV_API_KEY} or OPENAI_API_KEY (or {ENV_BASE_URL} for a local server)")
         self._secret = key = key or "not-needed"  # vLLM and ollama ignore it; kept only to redact it from errors
         # max_retries=0: the client's own retries would hide failures from our counts and budget.
         self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout)
         self.base_url = str(self._client.base_url)
-        self.max_requests, self.max_retries, self.backoff, self.max_backoff = max_requests, max_retries, backoff, max_backoff
-        self.temperature, self.max_tokens, self.stats, self._lock = temperature, max_tokens, Counter(), threading.Lock()
-        # The server's address is left out: the same model behind another port or host gives the same
-        # answers, so the cache carries over (and a URL can hold a token).
+        self.max_requests, self.max_retries, self.backoff = max_requests, max_retries, backoff
+        self.max_backoff, self.temperature, self.max_tokens = max_backoff, temperature, max_tokens
+        self.stats, self._lock = Counter(), threading.Lock()
+        # No server address: the same model elsewhere answers alike (the cache carries over); a URL can hold a token.
         self.identity = f"openai({self.model}, temperature={temperature}, max_tokens={max_tokens})"
 
     def _count(self, what: str, budgeted: bool = False) -> None:
@@ -73,32 +72,26 @@ class OpenAITeacher(Teacher):
             try:
                 response = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens)
-                try:
+                text = None
+                with suppress(AttributeError, IndexError, TypeError, KeyError):  # no choices, an HTML page, ...
                     text = response.choices[0].message.content
-                except (AttributeError, IndexError, TypeError, KeyError):  # no choices, an HTML page, ...
-                    text = None
                 if isinstance(text, str):
                     self._count("ok")
                     return text
                 last = "malformed"
             except openai.RateLimitError as e:
                 last = "rate_limited"
-                try:
+                with suppress(AttributeError, TypeError, ValueError):  # no response, no header, not a number
                     wait = min(self.max_backoff, max(wait, float(e.response.headers.get("retry-after"))))
-                except (AttributeError, TypeError, ValueError):  # no response, no header, not a number
-                    pass
-            except openai.APITimeoutError:
-                last = "timeout"
-            except openai.APIConnectionError:
-                last = "connection_error"
             except openai.APIStatusError as e:
-                if e.status_code < 500 and e.status_code not in (408, 409):  # 400, 401, 404, ...: retrying cannot help
+                if e.status_code < 500 and e.status_code not in (408, 409):  # 400, 401, 404: retrying cannot help
                     self._count("fatal")
                     message = f"HTTP {e.status_code} from {self.base_url}: {e.message}".replace(self._secret, "***")
                     raise TeacherFatalError(message) from None
                 last = "server_error"
-            except (openai.APIResponseValidationError, ValueError):  # a body the client could not decode
-                last = "malformed"
+            except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as e:
+                last = ("timeout" if isinstance(e, openai.APITimeoutError) else  # (a kind of connection error)
+                        "connection_error" if isinstance(e, openai.APIConnectionError) else "malformed")
             self._count(last)
             if attempt < self.max_retries:
                 self._count("retries")

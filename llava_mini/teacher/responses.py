@@ -1,12 +1,11 @@
 """From teacher text to question/answer pairs: the block format the prompts ask for (`format_qa` writes it,
 `parse_qa_pairs` reads it, tolerating the drift of real LLMs), and the checks that reject a response which
-cannot become a training record.
-"""
+cannot become a training record."""
 
 import random
 import re
 
-from llava_mini.teacher.prompts import DETAILED_INSTRUCTIONS, RESPONSE_TYPES
+from llava_mini.teacher.prompts import DETAILED_INSTRUCTIONS, check_type
 from llava_mini.teacher.records import make_record
 
 
@@ -26,7 +25,8 @@ _SEPARATOR_RE = re.compile(r"^\s*={3,}\s*$")
 _LEAKS = {
     "mentions captions": re.compile(r"\bcaption", re.IGNORECASE),
     "mentions boxes": re.compile(r"\bbounding\b|\b(?:the|given|provided|listed)\s+box(?:es)?\b", re.IGNORECASE),
-    "mentions coordinates": re.compile(r"\bcoordinat|\[\s*-?\d*\.?\d+\s*,\s*-?\d*\.?\d+|\b[01]\.\d{3}\b", re.IGNORECASE),
+    "mentions coordinates": re.compile(r"\bcoordinat|\[\s*-?\d*\.?\d+\s*,\s*-?\d*\.?\d+|\b[01]\.\d{3}\b",
+                                       re.IGNORECASE),
     "mentions annotations": re.compile(
         r"\bannotat|\b(?:given|provided)\s+(?:description|information|context|sentences?)\b", re.IGNORECASE),
 }
@@ -42,26 +42,19 @@ def parse_qa_pairs(text: str) -> list[tuple[str, str]]:
     missing separators are accepted; a question without an answer, or an answer without a question, is dropped."""
     segments: list[list] = []  # [label, lines]
     for line in text.replace("\r\n", "\n").split("\n"):
-        if _SEPARATOR_RE.match(line):
-            continue
         if m := _MARKER_RE.match(line):
             segments.append(["question" if m[1].lower() in ("question", "q") else "answer", [line[m.end():]]])
-        elif segments:
+        elif segments and not _SEPARATOR_RE.match(line):
             segments[-1][1].append(line)
-    pairs = []
-    for (label, lines), nxt in zip(segments, segments[1:] + [None]):
-        if label == "question" and nxt is not None and nxt[0] == "answer":
-            q, a = "\n".join(lines).strip(), "\n".join(nxt[1]).strip()
-            if q and a:
-                pairs.append((q, a))
-    return pairs
+    blocks = [(label, "\n".join(lines).strip()) for label, lines in segments]
+    return [(q, a) for (q_label, q), (a_label, a) in zip(blocks, blocks[1:])
+            if q_label == "question" and a_label == "answer" and q and a]
 
 
 def validate_response(text: str | None, response_type: str) -> list[tuple[str, str | None]]:
     """Parse and check one teacher response: [(question, answer), ...], for the detail type [(None, description)]
     (the runner picks its question); or raise ResponseRejected naming what is wrong."""
-    if response_type not in RESPONSE_TYPES:
-        raise ValueError(f"unknown response type {response_type!r}")
+    check_type(response_type)
     if text is None or not text.strip():
         raise ResponseRejected("empty")
     text = text.strip()
@@ -77,9 +70,8 @@ def validate_response(text: str | None, response_type: str) -> list[tuple[str, s
     pairs = parse_qa_pairs(text)
     if not pairs:
         raise ResponseRejected("no question/answer pairs")
-    if response_type == "complex":
-        return pairs[:1]  # one question with its reasoning; anything after it is the teacher rambling on
-    return pairs
+    # complex: one question with its reasoning; anything after it is the teacher rambling on
+    return pairs[:1] if response_type == "complex" else pairs
 
 
 def response_to_record(text: str, response_type: str, record_id: str, image: str, rng: random.Random) -> dict:

@@ -11,8 +11,11 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Iterable
+
+from tqdm.auto import tqdm
 
 from llava_mini.files import write_json
 from llava_mini.teacher.base import Teacher, TeacherBudgetExhausted, TeacherError, TeacherFatalError
@@ -44,45 +47,32 @@ def generate_instruct_data(
     and collect LLaVA-Instruct records; `out_file`, `stage1_file` (caption records) and `summary_file` are
     written when given. `cache_file`: the response cache (without one every call goes to the teacher);
     `workers`: concurrent calls, for a remote server. A bad response is rejected and counted; a call that fails
-    for good (after the teacher's retries) or comes back empty is counted and not cached, so a rerun asks
-    again; a spent request budget stops early, keeping everything so far. The summary says what happened."""
-    import warnings
-
-    with warnings.catch_warnings():  # tqdm.auto warns when a notebook has no ipywidgets; text bars are fine
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
-
-    started, teacher, types, records = time.perf_counter(), teacher or SymbolicTeacher(seed), tuple(types), list(records)
-    if unknown := [t for t in types if t not in RESPONSE_TYPES]:
-        raise ValueError(f"unknown response type {unknown[0]!r}; expected some of {RESPONSE_TYPES}")
-    seeds = {t: load_seeds(t) for t in types}
-
-    def messages_for(rec, response_type):
-        return build_messages(response_type, record_context(rec, response_type), seeds[response_type], n_shots)
+    for good or comes back empty is counted, not cached; a spent request budget stops early, keeping all so far."""
+    started, teacher, records = time.perf_counter(), teacher or SymbolicTeacher(seed), list(records)
+    seeds = {t: load_seeds(t) for t in types}  # (an unknown type raises here)
 
     # 1. What does the cache already hold?
-    units = [(rec, t) for rec in records for t in types]
+    units = [(rec, t) for rec in records for t in seeds]
     cache = ResponseCache(cache_file) if cache_file else None
-    responses: dict[int, str] = {}
+    messages, responses = {}, {}  # unit index -> the teacher call, and its answer
     pending: list[tuple[int, str]] = []  # (unit index, cache key)
     no_context: Counter = Counter()  # images the teacher would have nothing to read about (no captions)
     for index, (rec, t) in enumerate(units):
         try:
-            key = cache_key(rec.file_name, t, teacher.identity, messages_for(rec, t))
+            messages[index] = build_messages(t, record_context(rec, t), seeds[t], n_shots)
         except ValueError:
             no_context[t] += 1
             continue
+        key = cache_key(rec.file_name, t, teacher.identity, messages[index])
         if cache is not None and key in cache:
             responses[index] = cache.get(key)
         else:
             pending.append((index, key))
     cache_hits = len(responses)
 
-    # 2. Ask the teacher for the rest, caching each answer the moment it arrives.
+    # 2. Ask the teacher for the rest, caching each answer the moment it arrives, so a killed run loses only the
+    # calls in flight: one at a time with one worker (a fatal error stops after one request), else 2x workers.
     failures, stopped = Counter(), None
-
-    def ask(index: int) -> str:
-        return teacher.complete(messages_for(*units[index]))
 
     def settle(index: int, key: str, call) -> str | None:
         """Collect one call and keep its answer; returns why the run must stop, or None."""
@@ -101,33 +91,29 @@ def generate_instruct_data(
         responses[index] = text
         if cache is not None:
             cache.put(key, text, image=units[index][0].file_name, type=units[index][1], teacher=teacher.identity)
-        return None
 
-    # One worker: strictly one call at a time (a fatal error stops after one request). More: up to 2x workers
-    # in flight, each answer kept the moment it arrives, so a killed run loses only the calls in flight.
     window, queue, running = 2 * workers if workers > 1 else 1, list(reversed(pending)), {}
-    bar = tqdm(total=len(pending), desc=f"teacher {teacher.identity[:40]}", unit="call", disable=not (progress and pending))
+    bar = tqdm(total=len(pending), desc=f"teacher {teacher.identity[:40]}", unit="call",
+               disable=not (progress and pending))
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
+        with ThreadPoolExecutor(max(1, workers)) as pool, bar:
             while (queue and not stopped) or running:
                 while queue and not stopped and len(running) < window:
                     index, key = queue.pop()
-                    running[pool.submit(ask, index)] = (index, key)
+                    running[pool.submit(teacher.complete, messages[index])] = (index, key)
                 for future in wait(running, return_when=FIRST_COMPLETED).done:
                     stopped = settle(*running.pop(future), future.result) or stopped
                     bar.update(1)
     finally:
-        bar.close()
         if cache is not None:
             cache.close()
 
     # 3. Parse and validate, in a fixed order, so the output does not depend on call timing.
-    out, examples, rejected_examples, rejected_by_type = [], {t: [] for t in types}, [], Counter(no_context)
+    out, examples, rejected_examples, rejected_by_type = [], {t: [] for t in seeds}, [], Counter(no_context)
     rejected = Counter({"no context": sum(no_context.values())} if no_context else {})
-    for index, (rec, t) in enumerate(units):
-        if index not in responses:
-            continue
-        text, record_id = responses[index], f"{Path(rec.file_name).stem}_{t}"
+    for index, text in sorted(responses.items()):
+        rec, t = units[index]
+        record_id = f"{Path(rec.file_name).stem}_{t}"
         try:
             record = response_to_record(text, t, record_id, rec.file_name, random.Random(f"{seed}:{record_id}"))
         except ResponseRejected as e:
@@ -138,7 +124,7 @@ def generate_instruct_data(
             continue
         out.append(record)
         if len(examples[t]) < keep_examples:
-            examples[t].append({"messages": messages_for(rec, t), "response": text, "record": record})
+            examples[t].append({"messages": messages[index], "response": text, "record": record})
 
     stage1 = caption_records(records, seed=seed) if stage1_file else None  # captions need no teacher: complete
     paths = {name: write_json(file, data) for name, file, data in
@@ -158,14 +144,12 @@ def generate_instruct_data(
 
 def summarize(records: list[dict], stage1: list[dict] | None = None) -> dict:
     """Counts and lengths of a generated set: records per type, question/answer pairs per record, words per answer."""
-    by_type: dict[str, list[dict]] = {}
-    for r in records:
-        by_type.setdefault(record_type(r), []).append(r)
-    summary = {"records": {t: len(v) for t, v in sorted(by_type.items())}, "total_records": len(records)}
+    by_type = {t: list(rs) for t, rs in groupby(sorted(records, key=record_type), key=record_type)}
+    summary = {"records": {t: len(v) for t, v in by_type.items()}, "total_records": len(records)}
     if stage1 is not None:
         summary["stage1_records"] = len(stage1)
     pairs, words = {}, {}
-    for t, rs in sorted(by_type.items()):
+    for t, rs in by_type.items():
         n_pairs = [len(r["conversations"]) // 2 for r in rs]
         answer_words = [len(turn["value"].split()) for r in rs for turn in r["conversations"][1::2]]
         pairs[t] = {"mean": round(statistics.mean(n_pairs), 2), "min": min(n_pairs), "max": max(n_pairs)}
@@ -186,7 +170,6 @@ _KIND_PATTERNS = (
 
 
 def question_kind(question: str) -> str:
-    """A rough label for a question (for statistics): relation, count, existence, colour, shape, size,
-    position or other."""
+    """A rough label for a question, for statistics: the first kind in _KIND_PATTERNS that matches, or 'other'."""
     q = question.replace(IMAGE_TOKEN, "").strip().lower()
     return next((kind for kind, pattern in _KIND_PATTERNS if re.search(pattern, q)), "other")

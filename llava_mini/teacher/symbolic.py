@@ -1,13 +1,11 @@
 """The symbolic teacher, an offline deterministic stand-in for GPT-4: it learns the task from the system
 message, reads the context (reading.py), exactly what the paper's teacher saw, and writes a conversation, a
 detailed description (here) or a reasoning question (reasoning.py). It says only what the reading settles;
-for a scene it cannot take apart (a real photo) it falls back to what a sentence states, or to "".
-"""
+for a scene it cannot take apart (a real photo) it falls back to what a sentence states, or to ""."""
 
 import hashlib
 import inspect
 import random
-from collections import Counter
 from functools import lru_cache
 
 from llava_mini.english import article, capitalize, number_word, plural
@@ -20,25 +18,20 @@ from llava_mini.teacher.responses import format_qa
 from llava_mini.world import OPPOSITE, relation, unique_name
 
 # What the teacher asks "is there a ...?" about when a thing is absent: the everyday colours and shapes.
-COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
-COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross")
+_COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+_COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross")
 
 
 class _Dialogue:
-    """Question-answer pairs, one kind per method; each returns (kind, question, answer), or None when the
-    context cannot settle the answer."""
+    """Question-answer pairs, one kind per method; each returns (kind, question, answer). A kind the context
+    cannot settle leaves nothing to pick from, and `pick` (random.choice) of an empty list raises IndexError."""
 
     def __init__(self, reading: SceneReading, rng: random.Random):
-        self.r, self.rng, self.objs = reading, rng, reading.objects
-
-    def pick(self, options):
-        return options[self.rng.randrange(len(options))]
+        self.r, self.rng, self.objs, self.pick = reading, rng, reading.objects, rng.choice
 
     def colour(self):  # of a shape that occurs once
         shapes = [o.shape for o in self.objs]
         unique = [o for o in self.objs if shapes.count(o.shape) == 1 and o.color]
-        if not unique:
-            return None
         s, c = (o := self.pick(unique)).shape, o.color
         q = self.pick([f"What colour is the {s}?", f"What color is the {s}?", f"Which colour does the {s} have?",
                        f"What is the colour of the {s} in the picture?", f"Can you tell me what color the {s} is?",
@@ -48,23 +41,21 @@ class _Dialogue:
     def shape(self):  # of a colour that occurs once
         colours = [o.color for o in self.objs]
         unique = [o for o in self.objs if o.color and colours.count(o.color) == 1]
-        if not unique:
-            return None
         c, a_shape = (o := self.pick(unique)).color, article(o.shape)
         thing = self.pick(["object", "shape", "thing"])
         q = self.pick([f"What shape is the {c} {thing}?", f"What is the shape of the {c} {thing}?",
                        f"Which shape is drawn in {c}?", f"What kind of shape is the {c} one?",
                        f"The {c} {thing} has what shape?"])
-        return "shape", q, self.pick([f"The {c} {thing} is {a_shape}.", f"It is {a_shape}.", f"The {c} one is {a_shape}."])
+        return "shape", q, self.pick([f"The {c} {thing} is {a_shape}.", f"It is {a_shape}.",
+                                      f"The {c} one is {a_shape}."])
 
     def count_all(self):
         n, noun = len(self.objs), self.pick(["objects", "shapes"])
         q = self.pick([f"How many {noun} are there?", f"How many {noun} are in the image?",
                        f"How many {noun} can you see in the picture?", f"Count the {noun}: how many are there?",
                        f"What is the number of {noun} in this image?"])
-        a = (f"There is one {noun[:-1]}." if n == 1 else
-             self.pick([f"There are {number_word(n)} {noun}.", f"I can see {number_word(n)} {noun} in the picture."]))
-        return "count", q, a
+        return "count", q, (f"There is one {noun[:-1]}." if n == 1 else self.pick(
+            [f"There are {number_word(n)} {noun}.", f"I can see {number_word(n)} {noun} in the picture."]))
 
     def count_shape(self):
         shape = self.pick(sorted({o.shape for o in self.objs}))
@@ -80,22 +71,19 @@ class _Dialogue:
         return "count", q, f"There is one {colour} shape." if k == 1 else f"There are {number_word(k)} {colour} shapes."
 
     def exists(self):
-        present = self.rng.random() < 0.5 or not self.r.complete
-        by_shape_only = self.rng.random() < 0.2
+        present, by_shape_only = self.rng.random() < 0.5, self.rng.random() < 0.2
         if present:
             o = self.pick(self.objs)
-            thing = o.shape if by_shape_only or not o.color else o.category
+            thing = o.shape if by_shape_only else o.category
         else:
             have = {o.category for o in self.objs}
             if by_shape_only:
-                options = [s for s in COMMON_SHAPES if s not in {o.shape for o in self.objs}]
+                options = [s for s in _COMMON_SHAPES if s not in {o.shape for o in self.objs}]
             else:  # near misses teach the most: an absent thing that shares a colour or a shape with one present
-                near = [f"{c} {o.shape}" for o in self.objs for c in COMMON_COLORS] + \
-                       [f"{o.color} {s}" for o in self.objs if o.color for s in COMMON_SHAPES]
+                near = [f"{c} {o.shape}" for o in self.objs for c in _COMMON_COLORS] + \
+                       [f"{o.color} {s}" for o in self.objs if o.color for s in _COMMON_SHAPES]
                 options = sorted({t for t in near if t not in have}) or \
-                    [f"{c} {s}" for c in COMMON_COLORS for s in COMMON_SHAPES if f"{c} {s}" not in have]
-            if not options:
-                return None
+                    [f"{c} {s}" for c in _COMMON_COLORS for s in _COMMON_SHAPES if f"{c} {s}" not in have]
             thing = self.pick(options)
         a_thing = article(thing)
         q = self.pick([f"Is there {a_thing} in the image?", f"Can you see {a_thing}?",
@@ -105,13 +93,8 @@ class _Dialogue:
         return "existence", q, self.pick([f"No, there is no {thing} in the image.", f"No, the picture has no {thing}."])
 
     def relation(self):
-        options = []
-        for i, rel, j in self.r.relations:
-            a, b = unique_name(self.objs, i), unique_name(self.objs, j)
-            if a and b:
-                options += [(a, rel, b), (b, OPPOSITE[rel], a)]
-        if not options:
-            return None
+        named = [(unique_name(self.objs, i), rel, unique_name(self.objs, j)) for i, rel, j in self.r.relations]
+        options = [fact for a, rel, b in named if a and b for fact in ((a, rel, b), (b, OPPOSITE[rel], a))]
         a, rel, b = self.pick(options)
         answer, style = f"The {a} is {rel} the {b}.", self.rng.random()
         if style < 0.55:
@@ -129,24 +112,22 @@ class _Dialogue:
 
     def size(self):
         options = [(name, o) for i, o in enumerate(self.objs) if o.size and (name := unique_name(self.objs, i))]
-        if not options:
-            return None
         name, o = self.pick(options)
-        q = self.pick([f"How big is the {name}?", f"Is the {name} small, medium or large?", f"What size is the {name}?"])
+        q = self.pick([f"How big is the {name}?", f"Is the {name} small, medium or large?",
+                       f"What size is the {name}?"])
         return "size", q, f"The {name} is {size_word(o.size)}."
 
     def region(self):
         options = [(name, place) for i, place in self.r.regions.items() if (name := unique_name(self.objs, i))]
-        if not options:
-            return None
         name, place = self.pick(options)
-        q = self.pick([f"Where is the {name}?", f"Where in the picture is the {name}?", f"Where can the {name} be found?"])
+        q = self.pick([f"Where is the {name}?", f"Where in the picture is the {name}?",
+                       f"Where can the {name} be found?"])
         return "position", q, f"The {name} is {place}."
 
 
 def write_conversation(reading: SceneReading, rng: random.Random) -> str:
     """Two to five question/answer pairs, at most two of a kind, in the block format."""
-    if not reading.is_shapes_scene:
+    if not reading.complete:
         return _fallback_conversation(reading, rng)
     d = _Dialogue(reading, rng)
     # A weighted random order of question kinds (Efraimidis-Spirakis keys): the kinds a person asks most
@@ -155,29 +136,25 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
                (d.count_colour, 1.0), (d.exists, 2.0), (d.exists, 2.0), (d.size, 1.0), (d.region, 1.0)]
     makers = [m for m, w in sorted(weights, key=lambda mw: -rng.random() ** (1 / mw[1]))]
     want = rng.choices((2, 3, 4, 5), weights=(0.15, 0.25, 0.3, 0.3))[0]
-    pairs, kinds = [], Counter()
+    made = []  # (kind, question, answer)
     for maker in makers:
-        if len(pairs) == want:
+        if len(made) == want:
             break
-        made = maker()
-        if made is None or made[1] in {q for q, _ in pairs} or kinds[made[0]] >= 2:
+        try:
+            kind, q, a = maker()
+        except IndexError:  # nothing of this kind to ask about
             continue
-        kinds[made[0]] += 1
-        pairs.append(made[1:])
-    rng.shuffle(pairs)
-    return format_qa(pairs)
+        if q not in [m[1] for m in made] and [m[0] for m in made].count(kind) < 2:
+            made.append((kind, q, a))
+    rng.shuffle(made)
+    return format_qa([(q, a) for _, q, a in made])
 
 
 def _fallback_conversation(reading: SceneReading, rng: random.Random) -> str:
     """A scene the reader cannot take apart (a real photo): ask only what a sentence answers verbatim."""
-    if not reading.captions:
-        return ""
-    q = rng.choice(["What does this picture show?", "What is happening in this image?", "Can you describe the scene?"])
-    pairs = [(q, _sentence(reading.captions[0]))]
-    if len(reading.captions) > 1:
-        q = rng.choice(["Can you tell me more about it?", "What else can you see?"])
-        pairs.append((q, _sentence(reading.captions[1])))
-    return format_qa(pairs)
+    questions = (["What does this picture show?", "What is happening in this image?", "Can you describe the scene?"],
+                 ["Can you tell me more about it?", "What else can you see?"])
+    return format_qa([(rng.choice(qs), _sentence(caption)) for qs, caption in zip(questions, reading.captions)])
 
 
 def _sentence(text: str) -> str:
@@ -190,17 +167,15 @@ def _where(box: tuple[float, float, float, float]) -> str:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     horiz = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else None
     vert = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else None
-    if horiz and vert:
-        return f"in the {vert} {horiz} corner"
     if vert:
-        return f"at the {vert}, near the middle"
+        return f"in the {vert} {horiz} corner" if horiz else f"at the {vert}, near the middle"
     return f"on the {horiz} side, about halfway down" if horiz else "near the centre of the picture"
 
 
 def write_detail(reading: SceneReading, rng: random.Random) -> str:
     """One paragraph: how many shapes, each placed in words, one or two clear relations, the largest."""
     objs, n = reading.objects, len(reading.objects)
-    if not (reading.is_shapes_scene and all(o.box for o in objs)):
+    if not (reading.complete and all(o.box for o in objs)):
         return _fallback_detail(reading, rng)
     on = f" on {reading.mentions_background}" if reading.mentions_background else ""
     noun = "shape" if n == 1 else "shapes"
@@ -209,12 +184,13 @@ def write_detail(reading: SceneReading, rng: random.Random) -> str:
                              f"There {'is' if n == 1 else 'are'} {number_word(n)} {noun} in this picture{on}."])]
     for i in sorted(range(n), key=lambda i: (objs[i].center[1] > 0.5, objs[i].center[0])):  # roughly reading order
         name, pos = objs[i].described, _where(objs[i].box)
-        template = rng.choice(["{A} sits {pos}.", "{Pos}, there is {a}.", "{A} can be seen {pos}.", "{A} is placed {pos}."])
+        template = rng.choice(["{A} sits {pos}.", "{Pos}, there is {a}.", "{A} can be seen {pos}.",
+                               "{A} is placed {pos}."])
         sentences.append(template.format(A=capitalize(article(name)), a=article(name), pos=pos, Pos=capitalize(pos)))
     pairs = [(i, j) for i in range(n) for j in range(n) if i < j]
     rng.shuffle(pairs)
-    relations = [(unique_name(objs, i), relation(objs[i].center, objs[j].center), unique_name(objs, j)) for i, j in pairs]
-    sentences += [f"The {a} is {rel} the {b}." for a, rel, b in relations if a and b and rel][:2]  # clear-cut ones
+    facts = [(unique_name(objs, i), relation(objs[i].center, objs[j].center), unique_name(objs, j)) for i, j in pairs]
+    sentences += [f"The {a} is {rel} the {b}." for a, rel, b in facts if a and b and rel][:2]  # clear-cut ones
     if n > 1 and all(o.size for o in objs):
         top = max(SIZE_RANK[o.size] for o in objs)
         biggest = [i for i, o in enumerate(objs) if SIZE_RANK[o.size] == top]
@@ -239,8 +215,10 @@ def _fallback_detail(reading: SceneReading, rng: random.Random) -> str:
 
 @lru_cache(maxsize=None)
 def _code_version() -> str:
-    """A hash of the code that decides the text: the writers, the reader, the shared English and relation rules."""
-    code = {inspect.getfile(f) for f in (write_conversation, read_context, write_reasoning, format_qa, article, relation)}
+    """A hash of the code that decides the text (the writers, the reader, the shared English and relation rules):
+    part of the identity, so an edit invalidates cached answers instead of silently mixing old and new text."""
+    writers_and_rules = (write_conversation, read_context, write_reasoning, format_qa, article, relation)
+    code = {inspect.getfile(f) for f in writers_and_rules}
     return fingerprint([file_fingerprint(f) for f in sorted(code)])[:8]
 
 
@@ -248,8 +226,6 @@ class SymbolicTeacher(Teacher):
     """Reads the context from the last user message (and nothing else). Same seed + same messages = same text."""
 
     def __init__(self, seed: int = 0):
-        # The identity carries a hash of the teacher's code, so an edit invalidates cached answers (and the
-        # course's reuse stamp) instead of silently mixing old and new behaviour.
         self.seed, self.identity = seed, f"symbolic-{_code_version()}(seed={seed})"
 
     def complete(self, messages: list[dict[str, str]]) -> str:

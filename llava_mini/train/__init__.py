@@ -6,10 +6,10 @@ from llava_mini.train.adapters import (  # noqa: F401
     trainable_parameters, param_groups,
 )
 from llava_mini.train.checkpoints import (  # noqa: F401
-    backbone_fingerprint, save_checkpoint, load_checkpoint, load_stage2, latest_checkpoint,
+    backbone_fingerprint, save_checkpoint, load_checkpoint, latest_checkpoint,
 )
 from llava_mini.train.loop import TrainResult, train  # noqa: F401
 from llava_mini.train.memory import GIB, tower_config, parameter_counts, MemoryEstimate, estimate_memory  # noqa: F401
 from llava_mini.train.plots import plot_loss  # noqa: F401
 from llava_mini.train.precision import resolve_precision, compute_dtype, qlora_quantization_config  # noqa: F401
-from llava_mini.train.sampler import StepSampler, count_labels  # noqa: F401
+from llava_mini.train.sampler import StepSampler  # noqa: F401

@@ -15,7 +15,8 @@ from dataclasses import fields
 
 from llava_mini.config import TrainConfig, get_preset
 from llava_mini.course import course_history, course_model, plan_run
-from llava_mini.train import plot_loss, trainable_parameters
+from llava_mini.train.plots import plot_loss
+from llava_mini.train.adapters import trainable_parameters
 
 FIXED = ("stage", "qlora", "output_dir")  # decided by --stage / --qlora and the naming rule
 

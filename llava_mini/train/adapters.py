@@ -1,8 +1,5 @@
-"""What is trained: stage 1 freezes all but the projector, stage 2 adds LoRA adapters to the LM.
-
-The peft wrapper goes around ``model.language_model`` only, so the vision tower and the projector never
-receive adapters. ``unwrap`` / ``base_language_model``: the package's one way under a peft wrapper.
-"""
+"""What is trained: the projector (stage 1), and LoRA adapters in a peft wrapper around ``model.language_model``
+only (stage 2). ``unwrap`` / ``base_language_model``: the package's one way under a peft wrapper."""
 
 from __future__ import annotations
 
@@ -58,9 +55,7 @@ def add_lora(model: LlavaMini, cfg: TrainConfig) -> LlavaMini:
 
 
 def merge_lora(model: LlavaMini) -> LlavaMini:
-    """Fold the adapters into the LM's weights and drop peft: a plain LlavaMini that
-    ``export_to_transformers`` can write. A 4-bit LM cannot be merged exactly: load the checkpoint
-    unquantized (``load_checkpoint(dir, qlora=False)``) and merge that."""
+    """Fold the adapters into the LM's weights and drop peft: a plain LlavaMini for ``export_to_transformers``."""
     if not has_lora(model):
         return model
     if is_quantized(model):

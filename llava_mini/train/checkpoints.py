@@ -1,7 +1,7 @@
 """Checkpoints: what training changed, as safetensors + JSON, read back; step checkpoints resume exactly.
 
     output_dir/final/, output_dir/step-000100/, ...:  run.json (what to rebuild: stage, towers, LoRA / QLoRA),
-    config.json (LlavaMini's), projector.safetensors, adapter/ (peft, stage 2), history.json (the losses);
+    llava_mini.json (LlavaMini's config), projector.safetensors, adapter/ (peft, stage 2), history.json (the losses);
     step checkpoints add training_state/: accelerate's save_state (the trainable tensors only, a hook drops
     the frozen towers; optimizer, scheduler, fp16 scaler, each process's RNG) and step.json.
 
@@ -18,17 +18,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from llava_mini.config import TrainConfig
 from llava_mini.files import file_fingerprint, fingerprint, read_json, write_json
-from llava_mini.model import CONFIG_NAME, PROJECTOR_WEIGHTS, LlavaMini, build
+from llava_mini.model import LlavaMini
 from llava_mini.train.adapters import base_language_model, has_lora, is_quantized
 from llava_mini.train.precision import compute_dtype, qlora_quantization_config, resolve_precision
 
 STATE = "training_state"
-__all__ = ["backbone_fingerprint", "save_checkpoint", "load_checkpoint", "load_stage2", "latest_checkpoint"]
+__all__ = ["backbone_fingerprint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
 
 
 def backbone_fingerprint(vision: str | Path, lm: str | Path) -> str:
@@ -46,10 +46,7 @@ def save_checkpoint(model: LlavaMini, directory: str | Path, cfg: TrainConfig, h
     vision, lm = model.vision_tower.config._name_or_path, base_language_model(model).config._name_or_path
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()},
-              tmp / PROJECTOR_WEIGHTS)
-    write_json(tmp / CONFIG_NAME, model.config.to_dict(), indent=2)
+    model.save_pretrained(tmp, towers=False)  # llava_mini.json, projector.safetensors
     if has_lora(model):
         model.language_model.save_pretrained(tmp / "adapter")
     run = {"backbones": backbone_fingerprint(vision, lm), "stage": cfg.stage, "vision": str(vision), "lm": str(lm),
@@ -71,13 +68,11 @@ def load_checkpoint(directory: str | Path, vision: str | Path | None = None, lm:
 
     directory, precision = Path(directory), resolve_precision(precision)
     run = read_json(directory / "run.json")
-    config, qlora = run["llava_mini"], run["qlora"] if qlora is None else qlora
-    model = build(vision or run["vision"], lm or run["lm"], projector_type=config["projector_type"],
-                  image_token_id=config["image_token_id"], vision_feature_layer=config["vision_feature_layer"],
-                  torch_dtype=None if precision == "fp32" else compute_dtype(precision), projector_dtype=torch.float32,
-                  quantization_config=qlora_quantization_config(precision) if qlora else None,
-                  attn_implementation=attn_implementation, device=device)
-    model.projector.load_state_dict(load_file(directory / PROJECTOR_WEIGHTS, device=str(model.device)))
+    qlora = run["qlora"] if qlora is None else qlora
+    model = LlavaMini.from_pretrained(
+        directory, vision=vision or run["vision"], lm=lm or run["lm"], device=device, projector_dtype=torch.float32,
+        torch_dtype=None if precision == "fp32" else compute_dtype(precision), attn_implementation=attn_implementation,
+        quantization_config=qlora_quantization_config(precision) if qlora else None)
     model.requires_grad_(False)
     if (directory / "adapter").exists():  # (peft reads safetensors)
         model.language_model = PeftModel.from_pretrained(model.language_model, directory / "adapter",
@@ -86,20 +81,13 @@ def load_checkpoint(directory: str | Path, vision: str | Path | None = None, lm:
     return model.eval()
 
 
-load_stage2 = load_checkpoint  # the name the notebooks use for LoRA / QLoRA checkpoints
-
-
-# ============================================================================ step checkpoints (resume)
-
-
 def step_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(output_dir).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest resumable step checkpoint under output_dir, or None."""
-    dirs = [p for p in step_dirs(output_dir) if (p / STATE).exists()]
-    return dirs[-1] if dirs else None
+    return next((p for p in reversed(step_dirs(output_dir)) if (p / STATE).exists()), None)
 
 
 def keep_trainable_only(accelerator) -> list:
@@ -114,14 +102,12 @@ def keep_trainable_only(accelerator) -> list:
         for i in reversed(range(len(models))):  # popped: accelerate then loads none of them itself
             model = accelerator.unwrap_model(models.pop(i))
             file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-            saved, params = load_file(file), {n: p for n, p in model.named_parameters() if p.requires_grad}
-            if set(saved) != set(params):
-                missing, extra = sorted(set(params) - set(saved))[:3], sorted(set(saved) - set(params))[:3]
+            saved, params = load_file(file), {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(saved) != params:
+                missing, extra = sorted(params - set(saved))[:3], sorted(set(saved) - params)[:3]
                 raise ValueError(f"{file}: trainable tensors differ from the model's (missing {missing}, extra "
                                  f"{extra}): prepare the model the same way (freeze_for_stage1 / add_lora settings)")
-            with torch.no_grad():
-                for name, param in params.items():
-                    param.copy_(saved[name])
+            model.load_state_dict(saved, strict=False)  # the trainable tensors only
 
     return [accelerator.register_save_state_pre_hook(save), accelerator.register_load_state_pre_hook(load)]
 
@@ -168,8 +154,7 @@ def load_training_state(accelerator, directory: Path) -> None:
             load(rng, weights_only=True)
         accelerator.load_state(state, load_kwargs={"weights_only": True})
     except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)", str(error))
-        name = found.group(1) if found else "object"
+        name = (re.findall(r"GLOBAL (\S+)", str(error)) or ["object"])[0]
         culprits = [f for f in sorted(state.iterdir())  # (scanned without unpickling anything)
                     if f.suffix in (".bin", ".pkl", ".pt") and name in get_unsafe_globals_in_checkpoint(f)]
         raise ValueError(f"{culprits[0] if culprits else state}: refusing to resume from a file that holds a pickled "

@@ -23,17 +23,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from llava_mini.config import TrainConfig
-from llava_mini.model import LlavaMini
+from llava_mini.model import IGNORE_INDEX, LlavaMini
 from llava_mini.train.adapters import param_groups
 from llava_mini.train.checkpoints import (keep_trainable_only, load_training_state, resume_point, save_checkpoint,
                                           save_step_checkpoint)
 from llava_mini.train.precision import resolve_precision
-from llava_mini.train.sampler import StepSampler, count_labels
+from llava_mini.train.sampler import StepSampler
 
 
 @dataclass
 class TrainResult:
-    history: list[dict]       # one row per optimizer step: step, loss, lr, seconds, ...
+    history: list[dict]       # one row per optimizer step: step, loss, lr, projector_lr, grad_norm, tokens, seconds
     checkpoint_dir: Path      # the final checkpoint (projector + adapters)
 
 
@@ -41,11 +41,9 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
           accelerator=None, run_info: dict | None = None) -> TrainResult:
     """Train ``model`` (prepared with ``freeze_for_stage1`` or ``add_lora``) for ``cfg.max_steps`` optimizer
     steps of ``cfg.batch_size`` examples (all processes and accumulated micro-batches together) from
-    ``dataset`` (``LlavaInstructDataset`` items) batched by ``collator``.
-
-    ``resume_from``: a step checkpoint folder, or ``"latest"`` (the newest under ``cfg.output_dir``).
-    ``run_info``: JSON-able entries added to every checkpoint's run.json. Returns TrainResult with history
-    rows ``{"step", "loss", "lr", "projector_lr", "grad_norm", "tokens", "seconds"}``.
+    ``dataset`` (``LlavaInstructDataset`` items) batched by ``collator``. ``resume_from``: a step checkpoint
+    folder, or ``"latest"`` (the newest under ``cfg.output_dir``); ``run_info``: JSON-able entries added to
+    every checkpoint's run.json.
     """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -86,13 +84,11 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
         # The loss is the mean over all answer tokens of the global batch (each micro-batch's summed loss /
         # the global count): a mean per micro-batch, like a plain loop's or accelerate's accumulate(), would
         # weight short answers more in small micro-batches, so 1 process x 4 and 2 x 2 would train differently.
-        global_items = accelerator.reduce(torch.tensor(sum(count_labels(b["labels"]) for b in micro_batches),
-                                                       device=device), "sum")
+        labelled = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)  # shifted, as the loss
+        global_items = accelerator.reduce(torch.tensor(labelled, device=device), "sum")
         step_loss = torch.zeros((), device=device)
         for i, batch in enumerate(micro_batches):
             with accelerator.no_sync(wrapped) if i < accumulation - 1 else contextlib.nullcontext():
-                # LlavaMini runs the LM head at answer tokens only (labelled_only), not at every position as
-                # transformers does: the logits of a 32K-150K vocabulary would otherwise dominate the memory.
                 loss = wrapped(**batch, num_items_in_batch=global_items).loss
                 accelerator.backward(loss * world)  # DDP averages over processes; loss is a share of the global mean
             step_loss += loss.detach().float()
@@ -114,7 +110,6 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     bar.close()
 
     final = Path(cfg.output_dir) / "final"
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_checkpoint(model, final, cfg, history, run_info)
     accelerator.wait_for_everyone()

@@ -69,11 +69,10 @@ def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_si
                     seq_len: int | None = None, lora_r: int | None = None, gradient_checkpointing: bool | None = None,
                     precision: str | None = None) -> MemoryEstimate:
     """Peak training memory, roughly, from the preset's shapes. mode: "stage1" (projector only), "lora" (LM in
-    ``precision``) or "qlora" (LM linears in 4-bit). batch_size: the micro-batch; seq_len: tokens per example
-    (default: the image tokens + 128, at most ``max_length``); precision: of frozen weights and activations
-    ("auto" counts as bf16). Defaults: the preset's TrainConfig of that mode. Calibrated against the H100
-    anchors in design.md (Llama-2-7B shape, QLoRA batch 4 with checkpointing: measured 11.0 GiB) to ~10%.
-    """
+    ``precision``) or "qlora" (LM linears in 4-bit). batch_size: the micro-batch; seq_len: tokens per example;
+    precision: of frozen weights and activations. Defaults: the preset's TrainConfig of that mode. Calibrated
+    against the H100 anchors in design.md (Llama-2-7B shape, QLoRA batch 4 with checkpointing: measured 11.0
+    GiB) to ~10%."""
     preset = get_preset(preset)
     vision, lm = tower_config(preset, "vision"), tower_config(preset, "lm")
     cfg = preset.train_config(mode)
@@ -84,8 +83,7 @@ def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_si
     seq = seq_len or min(preset.data.max_length, image_tokens + 128)
     checkpointing = cfg.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
     precision = precision or cfg.precision
-    if precision == "auto":  # a GPU preset: bf16 (A100/H100) or fp16 (T4), two bytes either way
-        precision = "bf16"
+    precision = "bf16" if precision == "auto" else precision  # a GPU preset: bf16 (A100/H100) or fp16 (T4), 2 B
     half = 4 if precision == "fp32" else 2           # bytes per value of frozen weights and activations
     h, i, layers = lm.hidden_size, lm.intermediate_size, lm.num_hidden_layers
 
@@ -111,12 +109,10 @@ def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_si
     # gate/up/act outputs: ~18h + 5i (fitted to the anchors). Stage 1 saves no inputs of frozen linears:
     # ~8h + 3i. Checkpointing keeps only each layer's input (h) and recomputes one layer at a time.
     per_token = (8 * h + 3 * i) if mode == "stage1" else (18 * h + 5 * i)
-    if checkpointing:
-        rows.append(("LM activations", batch * seq * (layers * h + per_token) * half,
-                     f"{batch}x{seq} tokens x ({layers} layers x h + one layer) x {half} B (checkpointing)"))
-    else:
-        rows.append(("LM activations", batch * seq * layers * per_token * half,
-                     f"{batch}x{seq} tokens x {layers} layers x (~{per_token // h}h) x {half} B"))
+    kept = layers * h + per_token if checkpointing else layers * per_token  # values per token
+    how = (f"({layers} layers x h + one layer) x {half} B (checkpointing)" if checkpointing
+           else f"{layers} layers x (~{per_token // h}h) x {half} B")
+    rows.append(("LM activations", batch * seq * kept * half, f"{batch}x{seq} tokens x {how}"))
     # The LM head runs only on answer tokens (labelled_only): logits + their gradient in fp32.
     answers = batch * max(1, (seq - image_tokens) // 2)
     rows.append(("logits at answer tokens", answers * lm.vocab_size * 8,

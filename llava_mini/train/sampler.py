@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import Sampler
-
-from llava_mini.model import IGNORE_INDEX
 
 
 class StepSampler(Sampler):
@@ -36,20 +36,17 @@ class StepSampler(Sampler):
         self.seed, self.start, self.stop = seed, start, stop
         self.per_epoch, self.group = dataset_size // batch_size, group
         self.lengths = None if lengths is None else torch.as_tensor(lengths)
-        self._orders: dict[int, torch.Tensor] = {}
 
+    @functools.lru_cache(maxsize=1)  # the epoch being read
     def _order(self, epoch: int) -> torch.Tensor:
         """The epoch's indices, one global batch after another (a row per optimizer step)."""
-        if epoch not in self._orders:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(self.dataset_size, generator=generator)[: self.per_epoch * self.batch_size]
-            batches = order.view(self.per_epoch, self.batch_size)
-            if self.lengths is not None:
-                batches = torch.cat([chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
-                                     .view(-1, self.batch_size) for chunk in order.split(self.group * self.batch_size)])
-                batches = batches[torch.randperm(len(batches), generator=generator)]
-            self._orders = {epoch: batches}
-        return self._orders[epoch]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.dataset_size, generator=generator)[: self.per_epoch * self.batch_size]
+        if self.lengths is None:
+            return order.view(self.per_epoch, self.batch_size)
+        batches = torch.cat([chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+                             .view(-1, self.batch_size) for chunk in order.split(self.group * self.batch_size)])
+        return batches[torch.randperm(len(batches), generator=generator)]
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -60,8 +57,3 @@ class StepSampler(Sampler):
             epoch, position = divmod(step, self.per_epoch)
             piece = j * self.num_processes + self.rank
             yield self._order(epoch)[position, piece * self.micro: (piece + 1) * self.micro].tolist()
-
-
-def count_labels(labels: torch.Tensor) -> int:
-    """Answer tokens that carry a loss: shifted labels that are not -100."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,73 @@
+"""The package's layout rules (design.md, "Layout"), checked so they cannot erode unnoticed: one subpackage
+per notebook, small files, plotting apart from computation, no import cycles."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "llava_mini"
+NOTEBOOK_SUBPACKAGES = {"01": "world", "02": "teacher", "03": "model", "04": "train", "05": "attention"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """llava_mini modules imported at module level (imports inside functions are deferred and cannot cycle)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llava_mini"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("llava_mini"))
+    return names
+
+
+def test_every_file_is_small_and_the_package_stays_small():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}
+    assert sum(sizes.values()) <= 6500
+
+
+def test_the_import_graph_has_no_cycles():
+    mods = modules()
+    graph = {name: {m for m in module_level_imports(path) if m in mods and m != name} for name, path in mods.items()}
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_plotting_lives_apart_from_computation():
+    drawing = [name for name, path in modules().items()
+               if "pyplot" in path.read_text() and not name.endswith(".plots")]
+    assert drawing == []
+
+
+@pytest.mark.parametrize("number, subpackage", sorted(NOTEBOOK_SUBPACKAGES.items()))
+def test_each_notebook_names_the_subpackage_it_teaches(number, subpackage):
+    (path,) = (ROOT / "notebooks").glob(f"{number}_*.ipynb")
+    first = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+    assert f"`llava_mini.{subpackage}`" in "".join(first["source"])
+    assert (PACKAGE / subpackage / "__init__.py").exists()

@@ -208,7 +208,7 @@ def plan_run(stage: str = "stage1", preset: str | Preset = "tiny", projector_fro
         if projector_from is not None:
             run.init_from = "projector " + file_fingerprint(Path(projector_from) / "projector.safetensors")
         else:
-            run.init_from = checkpoint_dir(plan_run("stage1", spec)[0], data).name
+            run.init_from = checkpoint_dir(spec.run_config("stage1"), data).name
     return run, checkpoint_dir(run, data), data
 
 

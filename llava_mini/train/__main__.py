@@ -14,7 +14,8 @@ import json
 from dataclasses import fields
 
 from llava_mini.config import TrainConfig, get_preset
-from llava_mini.course import course_history, course_model, plan_run
+from llava_mini.course import course_model, plan_run
+from llava_mini.files import read_json
 from llava_mini.train.plots import plot_loss
 from llava_mini.train.adapters import trainable_parameters
 
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
                                projector_from=args.projector_from, resume=args.resume, **overrides)
     print({k: f"{v:,}" for k, v in trainable_parameters(model).items()})
     _, folder, _ = plan_run(stage, spec, args.projector_from, **overrides)
-    history = course_history(stage, spec, projector_from=args.projector_from, **overrides)
+    history = read_json(folder / "final" / "history.json")
     plot_loss(history, folder / "loss.png", title=f"{spec.name} {stage}")
     print(f"final loss {history[-1]['loss']:.4f}; checkpoint: {folder / 'final'}")
 

@@ -183,7 +183,7 @@ def test_records_without_attributes_fall_back_to_category_or_fail_clearly(record
     ("colour", "The color of the star is violet.", "purple"),
     ("colour", "golden", "yellow"),
     ("colour", "The star is pink.", "pink"),          # a wrong colour is still an answer
-    ("colour", "The star next to the blue square is red.", "blue"),  # first mention wins (documented)
+    ("colour", "The star next to the blue square is red.", "blue|red"),  # two colours: strict scoring rejects it
     ("colour", "I cannot tell.", None),
     ("shape", "The red object is a circle.", "circle"),
     ("shape", "It's round.", "circle"),
@@ -224,6 +224,47 @@ def test_is_correct_and_normalize():
     assert not ev.is_correct("existence", "No, yes.", "yes")
     with pytest.raises(ValueError, match="unknown question kind"):
         ev.extract_answer("size", "large")
+
+
+@pytest.mark.parametrize("kind, answer, expected", [
+    # the lenient rule's own false positive (issue #11): a colour question answered with a relation and a list
+    ("colour", "The circle is coloured left of three shapes: a large green triangle and a red star.", "green"),
+    ("colour", "The circle is red, not blue.", "red"),
+    ("colour", "Red or maybe orange.", "red"),
+    ("colour", "It is pink.", "red"),                       # a plausible wrong colour still counts as named
+    ("shape", "The red object is a circle next to a square.", "circle"),
+    ("shape", "A circle, or rather a round star.", "circle"),
+    ("count", "There are two circles and one square.", "2"),
+    ("count", "3 or 4.", "3"),
+    ("count", "Three, no, two.", "3"),                      # "no" is a count term (zero) too
+    ("relation", "It is to the left of the square, on the right side of the picture.", "left"),
+    ("relation", "Above it, and below the star.", "above"),
+    ("relation", "It is higher, so lower.", "above"),
+    ("existence", "Yes, no.", "yes"),
+    ("existence", "Yes, there is not a green cross.", "yes"),
+    ("existence", "No. Yes, there is one.", "no"),
+    ("existence", "I see a green circle.", "yes"),          # names neither: wrong, never a default
+])
+def test_strict_matcher_rejects_competing_terms(kind, answer, expected):
+    assert not ev.is_correct(kind, answer, expected)
+    if ev.extract_answer(kind, answer) is not None and "|" not in ev.extract_answer(kind, answer):
+        assert ev.extract_answer(kind, answer) != expected
+
+
+@pytest.mark.parametrize("kind, answer, expected", [
+    ("colour", "The star is red. It is red all over.", "red"),   # one value named twice is still one value
+    ("existence", "No, there is no green cross: I see a green circle and a red cross, so no.", "no"),
+    ("existence", "I see a green cross, so yes, there is one.", "yes"),
+    ("relation", "The red square spans x 0.328 to 0.578 and the circle 0.641 to 0.984, so it is to the left.", "left"),
+    ("count", "I count 3 stars: three in all.", "3"),
+])
+def test_strict_matcher_accepts_one_value_stated_with_its_steps(kind, answer, expected):
+    assert ev.is_correct(kind, answer, expected)
+
+
+def test_lenient_rule_kept_for_rescoring_old_results():
+    answer = "The circle is coloured left of three shapes: a large green triangle, a red star and a blue cross."
+    assert ev.is_correct_lenient("colour", answer, "green") and not ev.is_correct("colour", answer, "green")
 
 
 # ----------------------------------------------------------------------------- descriptions

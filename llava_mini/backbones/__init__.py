@@ -5,8 +5,8 @@ from llava_mini.backbones.build import (  # noqa: F401
     BACKBONES_DIR, build_language_model, build_vision_tower, build_backbones, main,
 )
 from llava_mini.backbones.lm import (  # noqa: F401
-    SPECIAL_TOKENS, CHAT_TEMPLATE, INSTRUCTION_WORDS, world_text_corpus, text_only_chats, train_tokenizer,
-    make_lm, pack_corpus, pretrain_lm, perplexity,
+    SPECIAL_TOKENS, CHAT_TEMPLATE, INSTRUCTION_WORDS, world_text_corpus, scene_record, text_scene_records,
+    with_context, render_chat, train_tokenizer, make_lm, pack_corpus, pack_examples, pretrain_lm, perplexity,
 )
 from llava_mini.backbones.probes import (  # noqa: F401
     patch_features, linear_probe, probe_patches, retrieval_top1, contrastive_demo,

@@ -6,6 +6,7 @@ LlamaForCausalLM) that the course loads with `from_pretrained` like hub models. 
 
 import argparse
 import json
+import random
 import sys
 import time
 from dataclasses import asdict, replace
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 from llava_mini.backbones.lm import (
-    make_lm, pack_corpus, perplexity, pretrain_lm, text_only_chats, train_tokenizer, world_text_corpus,
+    INSTRUCTION_WORDS, make_lm, pack_examples, pretrain_lm, render_chat, scene_record, text_scene_records,
+    train_tokenizer, with_context, world_text_corpus,
 )
 from llava_mini.backbones.probes import probe_patches, retrieval_top1
 from llava_mini.backbones.recipe import BackboneRecipe
@@ -27,32 +29,37 @@ BACKBONES_DIR = DATA_DIR / "backbones"
 
 
 def build_language_model(out_dir: Path, recipe: BackboneRecipe, device: str, log=print) -> dict:
-    """Tokenizer + Llama-style LM pretrained on world text (no images): captions, symbolic contexts and
-    text-only chats. Saves out_dir/tokenizer and out_dir/lm; returns its part of the report."""
+    """Tokenizer + Llama-style LM pretrained on world text (no images): captions as plain documents, and chats
+    about scenes it reads as text (``text_scene_records``), learned on their answers only. Saves out_dir/tokenizer
+    and out_dir/lm; returns its part of the report, with the text reference's accuracy on held-out scenes."""
+    from llava_mini.evaluate import evaluate_text_scene, make_questions
+    from llava_mini.model import answer_labels
     config, split, t0 = WorldConfig(), recipe.lm_scenes, time.time()
     # scenes of the world's "lm" stream, numbered 1..n and never drawn: the LM's corpus needs no pixels
     pairs = [scene_with_captions(recipe.seed, "lm", i, config) for i in range(recipe.lm_scenes + recipe.lm_test_scenes)]
     scenes, captions = [replace(scene, image_id=i + 1) for i, (scene, _) in enumerate(pairs)], [c for _, c in pairs]
-    train_docs = (world_text_corpus(scenes[:split], captions[:split], config)
-                  + text_only_chats(scenes[:split], captions[:split], config, recipe.seed))
-    test_docs = (world_text_corpus(scenes[split:], captions[split:], config)[:-1]  # without INSTRUCTION_WORDS
-                 + text_only_chats(scenes[split:], captions[split:], config, recipe.seed + 1))
-    tokenizer = train_tokenizer(train_docs, recipe.vocab_size)
-    corpus_s, t0 = round(time.time() - t0, 1), time.time()
-    lm = make_lm(recipe, tokenizer)
-    train_rows, test_rows = (pack_corpus(tokenizer, docs, recipe.lm_seq_len) for docs in (train_docs, test_docs))
-    lm_log = pretrain_lm(lm, train_rows, recipe, device, log)
-    corpus = {"scenes": split, "documents": len(train_docs), "tokens": int(train_rows.numel()), "seconds": corpus_s}
-    report = {
-        "lm_corpus": corpus,
-        "lm_perplexity_heldout": perplexity(lm, test_rows) if len(test_rows) else None,
-        "lm_seconds": round(time.time() - t0, 1),
-        "lm_log": lm_log,
-    }
+    documents = [" ".join(caps) for caps in captions[:split]]
+    records, contexts = text_scene_records(scenes[:split], captions[:split], config, recipe.seed, recipe.lm_drills)
+    chats = [with_context(r, contexts[r["image"]]) for r in records]
+    tokenizer = train_tokenizer(documents + [render_chat(m) for m in chats] + [INSTRUCTION_WORDS], recipe.vocab_size)
+    docs = [ids + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
+    examples = [(ids, ids) for ids in docs] + [answer_labels(tokenizer, m, r["id"]) for m, r in zip(chats, records)]
+    random.Random(recipe.seed).shuffle(examples)
+    rows, labels = pack_examples(examples, recipe.lm_seq_len, tokenizer.pad_token_id)
+    corpus = {"scenes": split, "documents": len(documents), "chats": len(chats), "rows": len(rows),
+              "tokens": int((rows != tokenizer.pad_token_id).sum()), "learned_tokens": int((labels != -100).sum()),
+              "seconds": round(time.time() - t0, 1)}
+    log(json.dumps({"lm_corpus": corpus}))
+    t0, lm = time.time(), make_lm(recipe, tokenizer)
+    lm_log = pretrain_lm(lm, rows, recipe, device, log, labels=labels)
+    held_out = [scene_record(scene, caps, config) for scene, caps in zip(scenes[split:], captions[split:])]
+    reference = evaluate_text_scene(lm, tokenizer, held_out, make_questions(held_out, seed=recipe.seed),
+                                    max_new_tokens=recipe.lm_answer_tokens)
     for folder in ("tokenizer", "lm"):
         tokenizer.save_pretrained(out_dir / folder)
     lm.save_pretrained(out_dir / "lm")
-    return report
+    return {"lm_corpus": corpus, "lm_seconds": round(time.time() - t0, 1), "lm_log": lm_log,
+            "lm_text_reference": {k: reference[k] for k in ("accuracy", "n", "micro", "macro")}}
 
 
 def build_vision_tower(out_dir: Path, recipe: BackboneRecipe, device: str, workers: int | None, log=print) -> dict:

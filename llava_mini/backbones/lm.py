@@ -2,13 +2,14 @@
 BPE tokenizer with a Vicuna-like chat template (CLIP gets one of its own), the Llama model and its pretraining."""
 
 import math
+import random
 
 import jinja2
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llava_mini.backbones.recipe import BackboneRecipe, train_in_budget
-from llava_mini.teacher import IMAGE_TOKEN, generate_instruct_data
+from llava_mini.teacher import IMAGE_TOKEN, generate_instruct_data, make_record, read_context, write_drill
 from llava_mini.world import ImageRecord, ObjectAnnotation, Scene, WorldConfig, context_text
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -31,7 +32,7 @@ INSTRUCTION_WORDS = (
 )
 
 
-def _record(scene: Scene, captions: list[str], config: WorldConfig) -> ImageRecord:
+def scene_record(scene: Scene, captions: list[str], config: WorldConfig) -> ImageRecord:
     """The scene as the COCO-style record the teachers read."""
     return ImageRecord(scene.image_id, f"{scene.image_id}.png", config.image_size, config.image_size, list(captions),
                        [ObjectAnnotation(o.category, tuple(map(float, o.bbox))) for o in scene.objects])
@@ -40,28 +41,40 @@ def _record(scene: Scene, captions: list[str], config: WorldConfig) -> ImageReco
 def world_text_corpus(scenes: list[Scene], captions: list[list[str]], config: WorldConfig) -> list[str]:
     """World text for the tokenizer and the LM (no images): per scene, its captions as one document and
     its symbolic context (captions + boxes) as the paper's text-only teacher read it; last, INSTRUCTION_WORDS."""
-    contexts = [context_text(_record(scene, caps, config), boxes=True) for scene, caps in zip(scenes, captions)]
+    contexts = [context_text(scene_record(scene, caps, config), boxes=True) for scene, caps in zip(scenes, captions)]
     return [doc for caps, context in zip(captions, contexts) for doc in (" ".join(caps), context)] + [INSTRUCTION_WORDS]
 
 
-def text_only_chats(scenes: list[Scene], captions: list[list[str]], config: WorldConfig, seed: int = 0) -> list[str]:
-    """The symbolic teacher's conversations, descriptions and reasoning with the scene's symbolic context
-    written where the image will later go, rendered with the chat template.
+def text_scene_records(scenes: list[Scene], captions: list[list[str]], config: WorldConfig, seed: int = 0,
+                       drills: int = 1) -> tuple[list[dict], dict[str, str]]:
+    """Instruction records about scenes the LM will read as text, and each image's symbolic context
+    (captions + boxes) by file name: the symbolic teacher's three response types, plus ``drills`` records per
+    scene of the held-out question kinds (``teacher.write_drill``: relations and near misses weighted up).
 
-    This is what makes the stand-in LM a *chat* model, as Vicuna was before LLaVA: it has learned to follow
-    instructions about a scene it reads as text. LLaVA's stage 2 then teaches it to read the scene from
-    image tokens instead.
-    """
-    from llava_mini.model import to_messages  # here, as transformers below: importing it takes seconds
-    records = [_record(scene, caps, config) for scene, caps in zip(scenes, captions)]
+    This is what makes the stand-in LM a *chat* model that reasons over a scene it reads, as Vicuna was before
+    LLaVA; stage 2 then teaches it to read the scene from image tokens instead (the same records, with pixels)."""
+    records = [scene_record(scene, caps, config) for scene, caps in zip(scenes, captions)]
     contexts = {r.file_name: context_text(r, boxes=True) for r in records}
-    template = jinja2.Template(CHAT_TEMPLATE)  # the tokenizer is trained on these chats, so it cannot render them
-    chats = []
-    for record in generate_instruct_data(records, seed=seed, progress=False).records:
-        messages = to_messages(record)
-        messages[0]["content"] = messages[0]["content"].replace(IMAGE_TOKEN, contexts[record["image"]]).strip()
-        chats.append(template.render(messages=messages, add_generation_prompt=False))
-    return chats
+    out = generate_instruct_data(records, seed=seed, progress=False).records
+    for k in range(drills):
+        for r in records:
+            rng = random.Random(f"{seed}:{r.image_id}:drill{k}")
+            if pairs := write_drill(read_context(contexts[r.file_name]), rng):
+                out.append(make_record(f"{r.image_id}-drill{k}", r.file_name, pairs, rng))
+    return out, contexts
+
+
+def with_context(record: dict, context: str) -> list[dict]:
+    """The record's chat messages with the scene's symbolic context standing where its image is."""
+    from llava_mini.model import to_messages  # here, as transformers below: importing it takes seconds
+    messages = to_messages(record)
+    messages[0]["content"] = messages[0]["content"].replace(IMAGE_TOKEN, context).strip()
+    return messages
+
+
+def render_chat(messages: list[dict]) -> str:
+    """Chat text as CHAT_TEMPLATE renders it, before any tokenizer exists (the tokenizer is trained on it)."""
+    return jinja2.Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=False)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -100,14 +113,34 @@ def pack_corpus(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
 
 
-def pretrain_lm(lm, rows: torch.Tensor, recipe: BackboneRecipe, device: str, log=print) -> list[dict]:
-    """Next-token prediction on packed world text rows (n, seq_len). Returns a log every 50 steps."""
-    rows = rows.to(device)
+def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, labels) examples packed whole, in order, into (n, seq_len) rows (padding: label -100); an
+    example longer than seq_len is cut. Documents without masks are ``(ids, ids)``."""
+    rows, row = [], ([], [])
+    for ids, labels in examples:
+        if len(row[0]) + len(ids) > seq_len and row[0]:
+            rows.append(row)
+            row = ([], [])
+        row[0].extend(ids[:seq_len])
+        row[1].extend(labels[:seq_len])
+    rows.append(row)
+    ids = torch.full((len(rows), seq_len), pad_id)
+    labels = torch.full((len(rows), seq_len), -100)
+    for k, (a, b) in enumerate(rows):
+        ids[k, :len(a)], labels[k, :len(b)] = torch.tensor(a), torch.tensor(b)
+    return ids, labels
+
+
+def pretrain_lm(lm, rows: torch.Tensor, recipe: BackboneRecipe, device: str, log=print,
+                labels: torch.Tensor | None = None) -> list[dict]:
+    """Next-token prediction on packed rows (n, seq_len), on ``labels`` (-100: not learned; default the rows
+    themselves). Returns a log every 50 steps."""
+    rows, labels = rows.to(device), (rows if labels is None else labels).to(device)
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
 
     def loss_fn(logging: bool):
-        batch = rows[torch.randint(len(rows), (recipe.lm_batch,), generator=gen, device=device)]
-        loss = lm(input_ids=batch, labels=batch).loss
+        pick = torch.randint(len(rows), (recipe.lm_batch,), generator=gen, device=device)
+        loss = lm(input_ids=rows[pick], labels=labels[pick]).loss
         return loss, {"loss": loss}
 
     return train_in_budget([lm], loss_fn, device, recipe.lm_lr, recipe.lm_steps, recipe.lm_minutes, log,

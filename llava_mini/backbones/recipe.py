@@ -37,7 +37,9 @@ class BackboneRecipe:
     lm_batch: int = 64
     lm_lr: float = 2e-3
     lm_seq_len: int = 256
-    lm_scenes: int = 20_000       # scenes whose captions, contexts and text-only chats the LM reads
+    lm_scenes: int = 20_000       # scenes whose captions and text-scene chats the LM reads
+    lm_drills: int = 1            # drill chats (teacher.write_drill) per scene, beside the three response types
+    lm_answer_tokens: int = 64    # longest answer when the build measures the text reference
     lm_test_scenes: int = 300
     # wall-clock budgets (train_in_budget cuts the step count to fit them), so one recipe runs on a CPU or a GPU
     vision_minutes: float = 25.0
@@ -48,7 +50,7 @@ class BackboneRecipe:
         return cls(vocab_size=400, vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32,
                    text_layers=1, embed_dim=16, lm_hidden=32, lm_layers=2, lm_heads=2, lm_intermediate=64,
                    n_scenes=64, vision_steps=3, vision_batch=16, lm_steps=3, lm_batch=4, lm_seq_len=64,
-                   lm_scenes=40, lm_test_scenes=8)
+                   lm_scenes=40, lm_test_scenes=8, lm_answer_tokens=8)
 
 
 def train_in_budget(modules: list, loss_fn, device: str, lr: float, steps: int, minutes: float, log=print,

@@ -9,6 +9,7 @@ from llava_mini.evaluate.judge import (  # noqa: F401
     JUDGE_SYSTEM, JUDGE_RUBRIC, judge_messages, parse_judge_scores, judge_items, judge_answers,
 )
 from llava_mini.evaluate.matching import normalize, TERMS, scan_terms, extract_answer, is_correct  # noqa: F401
+from llava_mini.evaluate.matching import answer_terms, is_correct_lenient  # noqa: F401
 from llava_mini.evaluate.plots import plot_comparison  # noqa: F401
 from llava_mini.evaluate.questions import (  # noqa: F401
     KINDS, scene_objects, Question, questions_for_image, make_questions,

@@ -1,9 +1,12 @@
-"""Answer matching: the answer's words are scanned left to right for the terms of the question's kind (colours
-and synonyms, shapes, number words and digits, left/right/above/below and synonyms, yes/no and variants); it is
-correct iff the FIRST term it mentions maps to the expected value: "It looks crimson" -> red, "There are 3
-circles" -> 3, "No, I don't see one" -> no. Wrong-but-plausible words ("pink") are terms too: wrong answers, not
-none. Limits, stated rather than hidden: "the star next to the blue square is red" is scored on "blue", a relation
-with the objects swapped ("the blue square is right of the red circle") on "right"; the teacher never does either.
+"""Answer matching: the answer's words are scanned for the terms of the question's kind (colours and synonyms,
+shapes, number words and digits, left/right/above/below and synonyms, yes/no and variants), each mapped to its
+canonical value: "It looks crimson" -> red, "There are 3 circles" -> 3, "No, I don't see one" -> no.
+
+Scoring is strict: an answer is right only when it names the expected value and no competing value of the same
+kind. "The circle is coloured left of three shapes: a large green triangle" is wrong for "what colour is the
+circle?" (it names green, and no colour of the circle); "yes ... no", "left ... right" and "red, not blue" are
+wrong too. Wrong-but-plausible words ("pink") are terms: they make an answer wrong, not unscored. So a correct
+answer must stay on its question: "the star next to the blue square is red" is wrong for the star's colour.
 """
 
 import re
@@ -64,19 +67,30 @@ def scan_terms(words: Sequence[str], terms: dict[tuple[str, ...], str]):
             i += 1
 
 
-def extract_answer(kind: str, answer: str) -> str | None:
-    """The value of the first term of ``kind`` in ``answer``, or None. Counts take digits too (the earlier wins)."""
+def answer_terms(kind: str, answer: str) -> list[str]:
+    """The canonical values of every term of ``kind`` in ``answer``, in order of mention (digits too, for counts)."""
     if kind not in TERMS:
         raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
     words = normalize(answer)
-    first = next(scan_terms(words, TERMS[kind]), None)
+    hits = [(pos, value) for pos, _, value in scan_terms(words, TERMS[kind])]
     if kind == "count":
-        digits = [w for w in words[:first[0] if first else None] if w.isdigit()]
-        if digits:
-            return str(int(digits[0]))
-    return first[2] if first else None
+        hits += [(pos, str(int(w))) for pos, w in enumerate(words) if w.isdigit()]
+    return [value for _, value in sorted(hits)]
+
+
+def extract_answer(kind: str, answer: str) -> str | None:
+    """The answer's value for ``kind``: the one value it names, None when it names none, or "a|b" (the values it
+    names, in order of mention) when it names several, which ``is_correct`` scores as wrong."""
+    values = list(dict.fromkeys(answer_terms(kind, answer)))
+    return "|".join(values) if values else None
 
 
 def is_correct(kind: str, answer: str, expected: str) -> bool:
-    """True iff the first candidate term of ``kind`` that ``answer`` mentions is ``expected``."""
-    return extract_answer(kind, answer) == expected
+    """True iff ``answer`` names ``expected`` and no other value of ``kind`` (strict; see the module docstring)."""
+    return set(answer_terms(kind, answer)) == {expected}
+
+
+def is_correct_lenient(kind: str, answer: str, expected: str) -> bool:
+    """The course's earlier rule, kept to compare old and new numbers: the FIRST value the answer names."""
+    values = answer_terms(kind, answer)
+    return bool(values) and values[0] == expected

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from llava_mini.evaluate.descriptions import description_metrics, score_description
-from llava_mini.evaluate.matching import extract_answer
+from llava_mini.evaluate.matching import extract_answer, is_correct
 from llava_mini.evaluate.questions import KINDS, Question, make_questions, scene_objects
 from llava_mini.model import build_prompt, decode, generate_ids, image_to_pixel_values, load_image, mean_colour
 from llava_mini.model import render_ids
@@ -61,8 +61,8 @@ def chat(model, tokenizer, image_processor, image, question: str, history: Itera
 def score_answers(questions: Sequence[Question], replies: Sequence[str]) -> list[dict]:
     """One row per question: what was asked, expected, answered, the extracted term and whether it is right."""
     return [{"image_id": q.image_id, "kind": q.kind, "question": q.question, "expected": q.expected,
-             "reference": q.reference, "answer": reply, "extracted": (got := extract_answer(q.kind, reply)),
-             "correct": got == q.expected} for q, reply in zip(questions, replies, strict=True)]
+             "reference": q.reference, "answer": reply, "extracted": extract_answer(q.kind, reply),
+             "correct": is_correct(q.kind, reply, q.expected)} for q, reply in zip(questions, replies, strict=True)]
 
 
 def accuracy_by_kind(answers: Sequence[dict]) -> dict:

@@ -3,7 +3,7 @@ and labels), images, data (dataset, collator), generate (the one decoding loop),
 
 from llava_mini.model.conversation import (  # noqa: F401
     IGNORE_INDEX, TokenizationMismatch, RecordTooLong, to_messages, image_token_id, add_image_token, render_ids,
-    EncodedConversation, encode_conversation, build_prompt,
+    EncodedConversation, encode_conversation, build_prompt, answer_spans, answer_labels,
 )
 from llava_mini.model.data import LlavaInstructDataset, LlavaCollator  # noqa: F401
 from llava_mini.model.export import export_to_transformers  # noqa: F401

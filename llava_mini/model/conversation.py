@@ -84,22 +84,10 @@ class EncodedConversation:
     num_answers_dropped: int     # trailing question/answer pairs dropped to fit max_length
 
 
-def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_length: int | None = None,
-                        system_prompt: str | None = None, image_token: str = IMAGE_TOKEN) -> EncodedConversation:
-    """Tokenize a LLaVA record with the tokenizer's chat template and mask everything but the answers.
-
-    tokenizer: with a ``chat_template`` and a single-token ``<image>``; num_image_tokens: N patch tokens
-    per image; max_length: longest sequence *after* image expansion (None: no limit), reached by dropping
-    whole trailing question/answer pairs; system_prompt: an optional system message (rendered, never
-    learned). Returns input_ids / labels of length T <= max_length. Raises RecordError (bad record),
-    TokenizationMismatch (the template is not prefix-stable) or RecordTooLong, each naming the record.
-    """
-    rid = record_id(record)
-    messages = to_messages(record, system_prompt)
-    image_id = image_token_id(tokenizer, image_token)
+def answer_spans(tokenizer, messages: list[dict], rid="?") -> tuple[list[int], list[tuple[int, int, int]]]:
+    """The rendered ids of ``messages`` and, per assistant turn, (answer start, turn end, label end) in them,
+    found by incremental rendering; TokenizationMismatch (naming ``rid``) if a prefix does not stay a prefix."""
     full_ids = render_ids(tokenizer, messages, add_generation_prompt=False)
-
-    # Answer spans [start, end) in full_ids, found by incremental rendering.
     spans: list[tuple[int, int, int]] = []
     for i in [i for i, message in enumerate(messages) if message["role"] == "assistant"]:
         prompt_ids = render_ids(tokenizer, messages[:i], add_generation_prompt=True)
@@ -117,6 +105,31 @@ def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_leng
         if end <= start:
             raise RecordError(rid, f"assistant turn {len(spans)} renders to no tokens")
         spans.append((start, len(upto_ids), end))  # (answer start, turn end, label end)
+    return full_ids, spans
+
+
+def answer_labels(tokenizer, messages: list[dict], rid="?") -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a whole text-only chat: labels -100 except on the assistant answers."""
+    ids, spans = answer_spans(tokenizer, messages, rid)
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, _, end in spans:
+        labels[start:end] = ids[start:end]
+    return ids, labels
+
+
+def encode_conversation(record: dict, tokenizer, num_image_tokens: int, max_length: int | None = None,
+                        system_prompt: str | None = None, image_token: str = IMAGE_TOKEN) -> EncodedConversation:
+    """Tokenize a LLaVA record with the tokenizer's chat template and mask everything but the answers.
+
+    tokenizer: with a ``chat_template`` and a single-token ``<image>``; num_image_tokens: N patch tokens
+    per image; max_length: longest sequence *after* image expansion (None: no limit), reached by dropping
+    whole trailing question/answer pairs; system_prompt: an optional system message (rendered, never
+    learned). Returns input_ids / labels of length T <= max_length. Raises RecordError (bad record),
+    TokenizationMismatch (the template is not prefix-stable) or RecordTooLong, each naming the record.
+    """
+    rid = record_id(record)
+    image_id = image_token_id(tokenizer, image_token)
+    full_ids, spans = answer_spans(tokenizer, to_messages(record, system_prompt), rid)
 
     # Truncation: keep the QA pairs whose turn ends fit (a leading run: the ends grow); image tokens count N each.
     extra = num_image_tokens - 1  # the one <image> id becomes N ids

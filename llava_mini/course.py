@@ -27,7 +27,7 @@ from llava_mini.files import file_fingerprint, fingerprint, read_json, write_jso
 from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_token, build, image_token_id
 from llava_mini.paths import work_dir
 from llava_mini.teacher import (
-    BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, SymbolicTeacher, Teacher,
+    BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, SymbolicTeacher, Teacher, drill_records,
     generate_instruct_data, load_records, load_seeds, record_type, teacher_from_env,
 )
 from llava_mini.train import (
@@ -61,6 +61,7 @@ def course_instruct_data(
 
     Returns {"instruct": LLaVA-Instruct JSON (conversation + detail + complex records),
              "stage1": caption JSON (one record per caption), "summary": summary JSON,
+             "drills": short questions of the held-out kinds (teacher.drill_records; stage 2 mixes them in),
              "images": the split's image folder (what each record's "image" is relative to)}.
     Files live under work_dir()/"instruct" (or ``out_dir``); they are reused while the world, seed, teacher,
     prompts and seed examples are unchanged, and regenerated otherwise (the response cache keeps that cheap).
@@ -73,6 +74,7 @@ def course_instruct_data(
         "instruct": out_dir / f"llava_instruct_{split}.json",
         "stage1": out_dir / f"stage1_captions_{split}.json",
         "summary": out_dir / f"summary_{split}.json",
+        "drills": out_dir / f"drills_{split}.json",
         "images": world_root / "images" / split,
     }
     stamp_file = out_dir / f"stamp_{split}.json"
@@ -83,11 +85,13 @@ def course_instruct_data(
         "world": read_json(world_stamp) if world_stamp.exists() else None,
     })
     if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
-            paths[k].exists() for k in ("instruct", "stage1", "summary")):
+            paths[k].exists() for k in ("instruct", "stage1", "summary", "drills")):
         return paths
+    records = read_split(world_root, split).records
+    write_json(paths["drills"], drill_records(records, seed))
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
-        read_split(world_root, split).records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
+        records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
         summary_file=paths["summary"], cache_file=out_dir / "cache" / f"{slug}.jsonl", types=types, seed=seed,
         progress=progress,
     )
@@ -97,7 +101,8 @@ def course_instruct_data(
 
 
 def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
-    """{"stage1": caption records, "instruct": instruction records, "images": their image folder}."""
+    """{"stage1": caption records, "instruct": instruction records, "images": their image folder}, and for the
+    course's own world "drills" (short questions; stage 2 trains on them beside the instruction records)."""
     preset = get_preset(preset)
     data = preset.data
     if data.source == "course":
@@ -109,7 +114,7 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
             raise ValueError(f"data.teacher must be 'symbolic' or 'env' (an OpenAI-compatible server), not {data.teacher!r}")
         paths = course_instruct_data(seed=preset.world.seed, teacher=teacher, progress=False,
                                      world_sizes=preset.world.sizes)
-        return {k: paths[k] for k in ("stage1", "instruct", "images")}
+        return {k: paths[k] for k in ("stage1", "instruct", "drills", "images")}
     root = work_dir()
     paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}
     missing = [f"{k}: {v}" for k, v in paths.items() if not v.exists()]
@@ -137,11 +142,17 @@ def subsample(records: list[dict], n: int, seed: int) -> list[dict]:
     return [records[i] for i in order]
 
 
-def training_records(run: RunConfig, records_file: Path) -> list[dict]:
-    """The records a run trains on: its stage's file, types repeated as its TrainConfig says (stage 2),
+def stage_files(stage: str, data: dict[str, Path]) -> list[Path]:
+    """The record files a stage trains on: stage 1 the captions; stage 2 the instruction records (+ drills)."""
+    return [data["stage1"]] if stage == "stage1" else [data[k] for k in ("instruct", "drills") if k in data]
+
+
+def training_records(run: RunConfig, data: dict[str, Path]) -> list[dict]:
+    """The records a run trains on: its stage's files, types repeated as its TrainConfig says (stage 2),
     then a seeded sample: ``data.max_records`` of them, or about what its steps will read."""
     cfg = run.train
-    records = load_records(records_file, validate=False)  # the dataset checks each one, counting what it skips
+    # the dataset checks each record, counting what it skips
+    records = [r for f in stage_files(run.stage, data) for r in load_records(f, validate=False)]
     if run.stage != "stage1":
         records = repeat_types(records, cfg.type_repeats)
     n = run.data.max_records or int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size
@@ -214,8 +225,8 @@ def plan_run(stage: str = "stage1", preset: str | Preset = "tiny", projector_fro
 
 def checkpoint_dir(run: RunConfig, data: dict[str, Path]) -> Path:
     """``<work>/checkpoints/<preset>-<stage>-<key>``: the one place a run's checkpoints go."""
-    records = data["stage1"] if run.stage == "stage1" else data["instruct"]
-    key = run.key(backbone_fingerprint(run.model.vision, run.model.lm), file_fingerprint(records))
+    records = fingerprint([file_fingerprint(f) for f in stage_files(run.stage, data)])
+    key = run.key(backbone_fingerprint(run.model.vision, run.model.lm), records)
     return work_dir() / "checkpoints" / f"{run.preset}-{run.stage}-{key}"
 
 
@@ -257,7 +268,7 @@ def course_model(stage: str = "stage1", preset: str | Preset = "tiny", retrain: 
         model.projector.load_state_dict(start.projector.state_dict())
         del start
         add_lora(model, cfg)
-    records = training_records(run, data["stage1"] if stage == "stage1" else data["instruct"])
+    records = training_records(run, data)
     dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
                                    max_length=run.data.max_length, system_prompt=spec.model.system_prompt,
                                    skip_invalid=True)

@@ -75,7 +75,7 @@ def retune_text_tower(vision_dir: str | Path = BACKBONES_DIR / "vision", n_scene
 
     # AdamW skips the locked tower (no gradients); unlike the build, no gradient clipping and no autocast
     history = train_in_budget([clip], loss_fn, device, lr, 100_000, minutes, log, weight_decay=0.05,
-                              after_step=lambda: clip.logit_scale.data.clamp_(0, math.log(100)), max_grad_norm=None,
+                              after_step=lambda step: clip.logit_scale.data.clamp_(0, math.log(100)), max_grad_norm=None,
                               bf16=False)
     step = history[-1]["step"] + 1
     test = slice(n_train, n_scenes)

@@ -24,6 +24,11 @@ def test_builder_runs_end_to_end_at_toy_size(tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved["patch_probe"]) == {"shape", "color", "size"}
     assert 0.0 <= report["retrieval_top1"]["image_to_text"] <= 1.0
+    # the LM's report says what the text reference reached on held-out scenes, per kind
+    reference = saved["lm_text_reference"]
+    assert set(reference["accuracy"]) <= {"colour", "shape", "count", "relation", "existence"}
+    assert sum(reference["n"].values()) > 0 and 0.0 <= reference["micro"] <= 1.0
+    assert saved["lm_corpus"]["chats"] > 0 and 0 < saved["lm_corpus"]["learned_tokens"] < saved["lm_corpus"]["tokens"]
     # the chat template renders a Vicuna-like turn and ends the answer with </s>
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
     text = tok.apply_chat_template(turns, tokenize=False)
@@ -110,3 +115,32 @@ def test_train_in_budget_warms_up_decays_and_cuts_the_steps_to_the_budget(monkey
     history = backbones.train_in_budget([model], loss_fn, "cpu", 0.1, 10_000, 1e-6, log=lambda *_: None)
     assert [(h["step"], h["planned"]) for h in history] == [(0, 10_000), (50, 10_000), (59, 60)]
     assert len(lrs) == 60  # timed over steps 20-59, the budget fits fewer steps than the floor of 60
+
+
+def test_text_scene_chats_learn_only_the_answers_and_pack_whole():
+    from dataclasses import replace
+
+    from llava_mini.model import answer_labels, encode_conversation
+    from llava_mini.world import scene_with_captions
+
+    config = WorldConfig()
+    pairs = [scene_with_captions(0, "lm", i, config) for i in range(6)]
+    scenes, captions = [replace(s, image_id=i + 1) for i, (s, _) in enumerate(pairs)], [c for _, c in pairs]
+    records, contexts = backbones.text_scene_records(scenes, captions, config, drills=1)
+    assert {r["id"].rsplit("_", 1)[-1].rstrip("0123456789") for r in records} == {"conversation", "detail", "complex", "drill"}
+    tok = train_tokenizer([backbones.render_chat(backbones.with_context(r, contexts[r["image"]])) for r in records], 400)
+    record = next(r for r in records if "drill" in r["id"])
+    messages = backbones.with_context(record, contexts[record["image"]])
+    assert "<image>" not in messages[0]["content"] and contexts[record["image"]] in messages[0]["content"]
+    ids, labels = answer_labels(tok, messages)
+    learned = tok.decode([t for t, y in zip(ids, labels) if y != -100])
+    answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+    assert learned == "".join(f" {a}</s>" for a in answers)  # every answer and its end of turn; nothing else
+    # the same masks as the image records get: only the image span differs
+    with_image = encode_conversation(record, tok, num_image_tokens=1)
+    assert sum(y != -100 for y in with_image.labels) == sum(y != -100 for y in labels)
+
+    rows, row_labels = backbones.pack_examples([(ids, labels), ([7, 8], [7, 8]), (list(range(9)), list(range(9)))],
+                                               seq_len=len(ids) + 2, pad_id=0)
+    assert rows.shape == (2, len(ids) + 2)  # whole examples, in order; the third does not fit the first row
+    assert rows[0].tolist() == ids + [7, 8] and row_labels[1, 9:].eq(-100).all()

@@ -129,7 +129,10 @@ def check_conversation_pair(q, a, objs):
     if ql.startswith(("is there", "can you see", "does the picture contain")):
         m = re.search(r"\b(?:a|an) (?:(" + "|".join(COLOURS) + r") )?(" + "|".join(SHAPES) + r")\b", ql)
         present = any(o.shape == m[2] and m[1] in (None, o.color) for o in objs)
-        assert a.startswith("Yes" if present else "No"), (q, a)
+        # the step first (the objects sharing the colour or the shape, all real), then the verdict
+        assert re.search(r", so (yes|no), there is ", a)[1] == ("yes" if present else "no"), (q, a)
+        listed = re.findall(r"\b(?:a|an) (" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b", a.split(", so")[0])
+        assert all(any((o.color, o.shape) == pair for o in objs) for pair in listed), (q, a)
         return "existence " + ("yes" if present else "no")
     if "colour" in ql or "color" in ql:
         shape = [s for s in SHAPES if s in tokens(ql)][0]
@@ -232,7 +235,7 @@ def test_conversations_are_correct_and_cover_every_kind(dataset, generated):
         objs = truth(rec)
         for q, a in pairs:
             kinds[check_conversation_pair(q, a, objs)] += 1
-            assert len(a.split()) <= 16 and a.endswith(".")
+            assert len(a.split()) <= (28 if " so " in a else 16) and a.endswith(".")
     for kind in ("colour", "shape", "count all", "count shape", "existence yes", "existence no",
                  "relation left/right", "relation above/below", "relation yes/no", "size", "position"):
         assert kinds[kind] >= 10, (kind, kinds)
@@ -395,3 +398,36 @@ def test_transformers_teacher_with_a_tiny_local_model(tmp_path):
     s = generate_instruct_data([rec], teacher, types=["conversation", "detail"], n_shots=0, progress=False).summary
     assert s["teacher_calls"] == 2
     assert s["total_records"] + sum(s["rejected"].values()) + sum(s["teacher_failures"].values()) == 2
+
+
+def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
+    from llava_mini.teacher import drill_records
+    from llava_mini.world import relation as world_relation
+
+    records = drill_records(dataset[:60], seed=0, per_image=2)
+    assert len(records) == 120 and all(r["id"].endswith(("_drill0", "_drill1")) for r in records)
+    by_file = {rec.file_name: rec for rec in dataset}
+    kinds = Counter()
+    for r in records:
+        objs = truth(by_file[r["image"]])
+        turns = r["conversations"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            q, a = q["value"].replace("<image>", "").strip(), a["value"]
+            if " spans " in a:  # a relation from the boxes: the extents it compares, then the world's rule
+                m = re.match(r"The (.+?) spans ([xy]) ([\d.]+) to ([\d.]+) and the (.+?) ([\d.]+) to ([\d.]+), so the "
+                             r"(.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
+                assert m, a
+                centre_a, centre_b = (float(m[3]) + float(m[4])) / 2, (float(m[6]) + float(m[7])) / 2
+                A, B = find(objs, *mentions(m[1])[0]), find(objs, *mentions(m[5])[0])
+                assert world_relation(_centre(A), _centre(B)) == m[9], a
+                assert (centre_a < centre_b) == (m[9] in ("to the left of", "above")), a
+                kinds["relation from boxes"] += 1
+            else:
+                kinds[check_conversation_pair(q, a, objs)] += 1
+    assert kinds["relation from boxes"] >= 30 and kinds["existence no"] >= 30 and kinds["existence yes"] >= 10, kinds
+    assert kinds["colour"] >= 10 and kinds["shape"] >= 10, kinds
+
+
+def _centre(o):
+    x, y, w, h = o.bbox
+    return (x + w / 2) / SIZE, (y + h / 2) / SIZE

@@ -51,7 +51,12 @@ def build_language_model(out_dir: Path, recipe: BackboneRecipe, device: str, log
               "seconds": round(time.time() - t0, 1)}
     log(json.dumps({"lm_corpus": corpus}))
     t0, lm = time.time(), make_lm(recipe, tokenizer)
-    lm_log = pretrain_lm(lm, rows, recipe, device, log, labels=labels)
+    tokenizer.save_pretrained(out_dir / "snapshots" / "tokenizer")  # snapshots are LMs beside it: ask them on val
+
+    def snapshot(step: int):
+        lm.save_pretrained(out_dir / "snapshots" / f"lm_step{step}")
+        lm.train()  # (save_pretrained leaves the mode alone; be explicit, training goes on)
+    lm_log = pretrain_lm(lm, rows, recipe, device, log, labels=labels, snapshot=snapshot)
     held_out = [scene_record(scene, caps, config) for scene, caps in zip(scenes[split:], captions[split:])]
     reference = evaluate_text_scene(lm, tokenizer, held_out, make_questions(held_out, seed=recipe.seed),
                                     max_new_tokens=recipe.lm_answer_tokens)

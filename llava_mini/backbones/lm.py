@@ -2,14 +2,13 @@
 BPE tokenizer with a Vicuna-like chat template (CLIP gets one of its own), the Llama model and its pretraining."""
 
 import math
-import random
 
 import jinja2
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llava_mini.backbones.recipe import BackboneRecipe, train_in_budget
-from llava_mini.teacher import IMAGE_TOKEN, generate_instruct_data, make_record, read_context, write_drill
+from llava_mini.teacher import IMAGE_TOKEN, drill_records, generate_instruct_data
 from llava_mini.world import ImageRecord, ObjectAnnotation, Scene, WorldConfig, context_text
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -55,12 +54,7 @@ def text_scene_records(scenes: list[Scene], captions: list[list[str]], config: W
     LLaVA; stage 2 then teaches it to read the scene from image tokens instead (the same records, with pixels)."""
     records = [scene_record(scene, caps, config) for scene, caps in zip(scenes, captions)]
     contexts = {r.file_name: context_text(r, boxes=True) for r in records}
-    out = generate_instruct_data(records, seed=seed, progress=False).records
-    for k in range(drills):
-        for r in records:
-            rng = random.Random(f"{seed}:{r.image_id}:drill{k}")
-            if pairs := write_drill(read_context(contexts[r.file_name]), rng):
-                out.append(make_record(f"{r.image_id}-drill{k}", r.file_name, pairs, rng))
+    out = generate_instruct_data(records, seed=seed, progress=False).records + drill_records(records, seed, drills)
     return out, contexts
 
 
@@ -132,9 +126,9 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad
 
 
 def pretrain_lm(lm, rows: torch.Tensor, recipe: BackboneRecipe, device: str, log=print,
-                labels: torch.Tensor | None = None) -> list[dict]:
+                labels: torch.Tensor | None = None, snapshot=lambda step: None) -> list[dict]:
     """Next-token prediction on packed rows (n, seq_len), on ``labels`` (-100: not learned; default the rows
-    themselves). Returns a log every 50 steps."""
+    themselves). ``snapshot(step)`` runs every ``recipe.lm_snapshot_every`` steps. Returns a log every 50 steps."""
     rows, labels = rows.to(device), (rows if labels is None else labels).to(device)
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
 
@@ -143,7 +137,9 @@ def pretrain_lm(lm, rows: torch.Tensor, recipe: BackboneRecipe, device: str, log
         loss = lm(input_ids=rows[pick], labels=labels[pick]).loss
         return loss, {"loss": loss}
 
+    every = recipe.lm_snapshot_every
     return train_in_budget([lm], loss_fn, device, recipe.lm_lr, recipe.lm_steps, recipe.lm_minutes, log,
+                           after_step=lambda step: every and (step + 1) % every == 0 and snapshot(step + 1),
                            weight_decay=0.1, betas=(0.9, 0.95))
 
 

@@ -153,5 +153,5 @@ def pretrain_vision(clip, heads: PatchHeads, images, targets, captions, tokenize
         return c_loss + p_loss, {"contrastive": c_loss, "patch": p_loss, **{f"acc_{a}": v for a, v in acc.items()}}
 
     return train_in_budget([clip, heads], loss_fn, device, recipe.vision_lr, recipe.vision_steps, recipe.vision_minutes,
-                           log, after_step=lambda: clip.logit_scale.data.clamp_(0, math.log(100)),  # CLIP's cap
+                           log, after_step=lambda step: clip.logit_scale.data.clamp_(0, math.log(100)),  # CLIP's cap
                            weight_decay=0.05, betas=(0.9, 0.98))

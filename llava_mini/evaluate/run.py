@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from llava_mini.evaluate.descriptions import description_metrics, score_description
-from llava_mini.evaluate.matching import extract_answer, is_correct
+from llava_mini.evaluate.matching import extract_answer, is_correct, is_correct_lenient
 from llava_mini.evaluate.questions import KINDS, Question, make_questions, scene_objects
 from llava_mini.model import build_prompt, decode, generate_ids, image_to_pixel_values, load_image, mean_colour
 from llava_mini.model import render_ids
@@ -62,12 +62,14 @@ def score_answers(questions: Sequence[Question], replies: Sequence[str]) -> list
     """One row per question: what was asked, expected, answered, the extracted term and whether it is right."""
     return [{"image_id": q.image_id, "kind": q.kind, "question": q.question, "expected": q.expected,
              "reference": q.reference, "answer": reply, "extracted": extract_answer(q.kind, reply),
-             "correct": is_correct(q.kind, reply, q.expected)} for q, reply in zip(questions, replies, strict=True)]
+             "correct": is_correct(q.kind, reply, q.expected),
+             "correct_lenient": is_correct_lenient(q.kind, reply, q.expected)} for q, reply in zip(questions, replies, strict=True)]
 
 
-def accuracy_by_kind(answers: Sequence[dict]) -> dict:
-    """Rows with "kind" and "correct" -> {"accuracy": {kind: share}, "n": {kind: count}, "micro", "macro"}."""
-    n, right = Counter(a["kind"] for a in answers), Counter(a["kind"] for a in answers if a["correct"])
+def accuracy_by_kind(answers: Sequence[dict], correct: str = "correct") -> dict:
+    """Rows with "kind" and ``correct`` ("correct": strict, "correct_lenient": the earlier first-term rule) ->
+    {"accuracy": {kind: share}, "n": {kind: count}, "micro", "macro"}."""
+    n, right = Counter(a["kind"] for a in answers), Counter(a["kind"] for a in answers if a[correct])
     kinds = [k for k in KINDS if n[k]] + sorted(k for k in n if k not in KINDS)
     accuracy = {k: right[k] / n[k] for k in kinds}
     return {"accuracy": accuracy, "n": {k: n[k] for k in kinds},

@@ -29,4 +29,4 @@ from llava_mini.teacher.responses import (  # noqa: F401
 from llava_mini.teacher.runner import (  # noqa: F401
     EMPTY_REPLY, GenerationResult, generate_instruct_data, summarize, question_kind,
 )
-from llava_mini.teacher.symbolic import write_conversation, write_detail, write_drill, SymbolicTeacher  # noqa: F401
+from llava_mini.teacher.symbolic import write_conversation, write_detail, write_drill, drill_records, SymbolicTeacher  # noqa: F401

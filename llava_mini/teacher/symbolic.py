@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import random
 from functools import lru_cache
+from pathlib import Path
 
 from llava_mini.english import article, capitalize, join, number_word, plural
 from llava_mini.files import file_fingerprint, fingerprint
@@ -14,8 +15,9 @@ from llava_mini.teacher.base import Teacher, TeacherFatalError, last_user_messag
 from llava_mini.teacher.prompts import response_type_of
 from llava_mini.teacher.reading import SIZE_RANK, SceneReading, read_context, size_word
 from llava_mini.teacher.reasoning import write_reasoning
+from llava_mini.teacher.records import make_record
 from llava_mini.teacher.responses import format_qa
-from llava_mini.world import OPPOSITE, relation, unique_name
+from llava_mini.world import OPPOSITE, context_text, relation, unique_name
 
 # What the teacher asks "is there a ...?" about when a thing is absent: the everyday colours and shapes.
 _COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -183,6 +185,18 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6) -> list[t
             continue
         made.setdefault(q, a)
     return list(made.items())
+
+
+def drill_records(records, seed: int = 0, per_image: int = 1) -> list[dict]:
+    """``per_image`` drill records (``write_drill``) per world ImageRecord, read from its captions and boxes:
+    short questions of the held-out kinds, like the short-answer VQA data LLaVA v1.5 added to its mix. Ids end
+    in "_drill<k>" (teacher.record_type "drill"); a scene the reader cannot take apart gets none."""
+    out = []
+    for r, k in ((r, k) for r in records for k in range(per_image)):
+        rng = random.Random(f"{seed}:{r.file_name}:drill{k}")
+        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng):
+            out.append(make_record(f"{Path(r.file_name).stem}_drill{k}", r.file_name, pairs, rng))
+    return out
 
 
 def _fallback_conversation(reading: SceneReading, rng: random.Random) -> str:

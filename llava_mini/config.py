@@ -133,7 +133,7 @@ class EvalSettings:
     seed: int = 0                       # which questions are drawn
     max_per_kind: int = 100             # questions per kind (colour, shape, count, relation, existence)
     n_descriptions: int = 40            # detailed descriptions scored for hallucinations
-    max_new_tokens: int = 24
+    max_new_tokens: int = 64            # a relation answer states the extents it compares (~45 tokens)
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ TINY = Preset(
     stages=_stages(
         stage1=dict(max_steps=240, batch_size=16, lr=2e-3),
         lora=dict(max_steps=120, batch_size=16, lr=1e-3, projector_lr=1e-3, lora_r=32, lora_alpha=64,
-                  lora_dropout=0.0, type_repeats={"conversation": 4}),
+                  lora_dropout=0.0, type_repeats={"conversation": 4, "drill": 2}),
     ),
 )
 

@@ -121,13 +121,14 @@ def test_text_scene_chats_learn_only_the_answers_and_pack_whole():
     from dataclasses import replace
 
     from llava_mini.model import answer_labels, encode_conversation
+    from llava_mini.teacher import record_type
     from llava_mini.world import scene_with_captions
 
     config = WorldConfig()
     pairs = [scene_with_captions(0, "lm", i, config) for i in range(6)]
     scenes, captions = [replace(s, image_id=i + 1) for i, (s, _) in enumerate(pairs)], [c for _, c in pairs]
     records, contexts = backbones.text_scene_records(scenes, captions, config, drills=1)
-    assert {r["id"].rsplit("_", 1)[-1].rstrip("0123456789") for r in records} == {"conversation", "detail", "complex", "drill"}
+    assert {record_type(r) for r in records} == {"conversation", "detail", "complex", "drill"}
     tok = train_tokenizer([backbones.render_chat(backbones.with_context(r, contexts[r["image"]])) for r in records], 400)
     record = next(r for r in records if "drill" in r["id"])
     messages = backbones.with_context(record, contexts[record["image"]])

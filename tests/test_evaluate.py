@@ -392,3 +392,35 @@ def test_judge_items_from_a_result(records):
     assert kinds["detail"] == 1 and all(v <= 2 for v in kinds.values())
     detail = next(i for i in items if i["kind"] == "detail")
     assert len(detail["reference"].split()) > 8 and recs[0].captions[0] in detail["context"]
+
+
+def test_relative_score_divides_by_the_text_reference_on_the_same_questions():
+    rows = lambda kinds_correct: [{"question": f"q{i}", "kind": k, "correct": c}  # noqa: E731
+                                  for i, (k, c) in enumerate(kinds_correct)]
+    qs = [("colour", True), ("colour", False), ("relation", True), ("relation", True)]
+    model = {**ev.accuracy_by_kind(rows(qs)), "answers": rows(qs)}
+    told = [("colour", True), ("colour", True), ("relation", True), ("relation", False)]
+    reference = {**ev.accuracy_by_kind(rows(told)), "answers": rows(told)}
+    rel = ev.relative_score(model, reference)
+    assert rel["colour"] == 0.5 and rel["relation"] == 2.0 and rel["micro"] == 1.0  # the eyes can beat the text
+    zero = [("colour", False)] * 2 + [("relation", True)] * 2
+    assert ev.relative_score(model, {**ev.accuracy_by_kind(rows(zero)), "answers": rows(zero)})["colour"] is None
+    with pytest.raises(ValueError, match="same questions"):
+        ev.relative_score(model, {**reference, "answers": rows(told)[:3]})
+    table = ev.results_table({"text reference": reference, "LoRA": {**model, "relative_to": "text reference"}})
+    assert "Relative score" in table and "| LoRA | 50.0 | 200.0 |" in table
+
+
+def test_interpretation_follows_the_numbers():
+    def result(correct_by_kind):
+        rows = [{"question": f"q{k}{i}", "kind": k, "correct": c} for k, cs in correct_by_kind.items()
+                for i, c in enumerate(cs)]
+        return {**ev.accuracy_by_kind(rows), "answers": rows}
+    ref = result({"colour": [True] * 10, "relation": [True] * 10})
+    blind = result({"colour": [False] * 10, "relation": [True] * 5 + [False] * 5})
+    good = result({"colour": [True] * 10, "relation": [True] * 5 + [False] * 5})
+    text = ev.interpretation({"m": good, "t": ref, "blind": blind}, "m", "t")
+    assert "relative score is 0.75" in text
+    assert "about as well as from text (relative score >= 0.9): colour 100%" in text
+    assert "mostly not learned (relative score < 0.6): relation 50%" in text
+    assert "No better than blind (less than 10% of the gap closed): relation." in text

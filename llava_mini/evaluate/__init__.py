@@ -14,7 +14,9 @@ from llava_mini.evaluate.plots import plot_comparison  # noqa: F401
 from llava_mini.evaluate.questions import (  # noqa: F401
     KINDS, scene_objects, Question, questions_for_image, make_questions,
 )
-from llava_mini.evaluate.report import gap_closed, summarize_results, save_results, results_table  # noqa: F401
+from llava_mini.evaluate.report import (  # noqa: F401
+    gap_closed, relative_score, summarize_results, save_results, results_table, interpretation,
+)
 from llava_mini.evaluate.run import (  # noqa: F401
     blank_image, prepare_images, generate_answers, chat, score_answers, accuracy_by_kind, evaluate_text_scene,
     evaluate_model,

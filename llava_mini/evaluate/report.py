@@ -1,4 +1,5 @@
-"""Comparing models: gap closed over the blind baseline, the JSON summary and the markdown table."""
+"""Comparing models: gap closed over the blind baseline, the relative score to the text reference, the JSON
+summary and the markdown table."""
 
 from pathlib import Path
 
@@ -15,6 +16,17 @@ def gap_closed(result: dict, blind: dict) -> dict[str, float | None]:
             for k, acc, base in pairs}
 
 
+def relative_score(result: dict, reference: dict) -> dict[str, float | None]:
+    """Per kind (and macro/micro): the model's accuracy divided by the text reference's on the same questions:
+    LLaVA-Bench's relative score (model / text-only GPT-4 told the scene), offline. None where the reference
+    scores 0; above 1 where the eyes beat the text."""
+    if [a["question"] for a in result.get("answers", [])] != [a["question"] for a in reference.get("answers", [])]:
+        raise ValueError("the relative score needs the model and its text reference on the same questions")
+    keys = [*result["accuracy"], "macro", "micro"]
+    get = lambda r, k: r["accuracy"].get(k) if k in r["accuracy"] else r.get(k)  # noqa: E731
+    return {k: get(result, k) / get(reference, k) if get(reference, k) else None for k in keys}
+
+
 def summarize_results(results: dict[str, dict], blind_name: str = "blind") -> dict[str, dict]:
     """What goes into a JSON file: per model its accuracies, counts, description metrics (with three
     examples) and, when a blind entry is present, gap closed; without the per-answer rows and reviews."""
@@ -27,6 +39,8 @@ def summarize_results(results: dict[str, dict], blind_name: str = "blind") -> di
             entry["description"] = {**{k: v for k, v in r["description"].items() if k != "items"}, "examples": examples}
         if blind_name in results and name != blind_name:
             entry["gap_closed"] = gap_closed(r, results[blind_name])
+        if r.get("relative_to"):
+            entry["relative_score"] = relative_score(r, results[r["relative_to"]])
         if r.get("judge"):
             entry["judge"] = {k: v for k, v in r["judge"].items() if k != "reviews"}
     return out
@@ -46,7 +60,8 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
 
 def results_table(results: dict[str, dict], blind_name: str = "blind") -> str:
     """A markdown table: one row per model, accuracy (%) per question kind, macro and micro, and the
-    description metrics when present; then, with a blind entry, a table of gap closed per kind."""
+    description metrics when present; then, with a blind entry, a table of gap closed per kind, and for each
+    model with a "relative_to" entry (the name of its text reference among the results), its relative score."""
     kinds = [k for k in KINDS if any(k in r["accuracy"] for r in results.values())]
     desc = ["recall", "chair_i", "chair_s"] if any(r.get("description") for r in results.values()) else []
     rows = [[name, *(r["accuracy"].get(k) for k in kinds), r.get("macro"), r.get("micro"),
@@ -58,4 +73,29 @@ def results_table(results: dict[str, dict], blind_name: str = "blind") -> str:
         lines += ["", f"Gap closed, (acc - {blind_name}) / (1 - {blind_name}), in %:", "",
                   *_table(["model", *kinds, "macro", "micro"],
                           [[name, *(gap.get(k) for k in [*kinds, "macro", "micro"])] for name, gap in gaps.items()])]
+    relative = {name: relative_score(r, results[r["relative_to"]]) for name, r in results.items() if r.get("relative_to")}
+    if relative:
+        lines += ["", "Relative score, the model's accuracy / its text reference's (told the scene as text), in %:", "",
+                  *_table(["model", *kinds, "macro", "micro"],
+                          [[name, *(rel.get(k) for k in [*kinds, "macro", "micro"])] for name, rel in relative.items()])]
+    return "\n".join(lines)
+
+
+def interpretation(results: dict[str, dict], model: str, reference: str, blind: str = "blind") -> str:
+    """Markdown sentences computed from the numbers: how ``model`` compares with its text ``reference`` (the
+    relative score) and with the ``blind`` baseline, kind by kind, so the verdict changes when the numbers do."""
+    r, ref, base = results[model], results[reference], results[blind]
+    rel, gap = relative_score(r, ref), gap_closed(r, base)
+    bins = {"reads it from the pixels about as well as from text (relative score >= 0.9)": [],
+            "learned it in part (relative score 0.6 to 0.9)": [], "mostly not learned (relative score < 0.6)": []}
+    for k in r["accuracy"]:
+        bins[list(bins)[0 if (rel[k] or 0) >= 0.9 else 1 if (rel[k] or 0) >= 0.6 else 2]].append(
+            f"{k} {100 * r['accuracy'][k]:.0f}% (text {100 * ref['accuracy'][k]:.0f}%)")
+    near_blind = [k for k in r["accuracy"] if gap[k] is not None and gap[k] < 0.1]
+    lines = [f"**{model}** answers {100 * r['micro']:.1f}% of the questions; told each scene as text, the same "
+             f"language model answers {100 * ref['micro']:.1f}%, so the relative score is {rel['micro']:.2f}. "
+             f"Blind, it answers {100 * base['micro']:.1f}%."]
+    lines += [f"- {verdict}: {', '.join(kinds)}." for verdict, kinds in bins.items() if kinds]
+    lines.append(f"- No better than blind (less than 10% of the gap closed): {', '.join(near_blind)}." if near_blind
+                 else "- Every kind closes at least 10% of the gap to blind: the model looks at the image for each.")
     return "\n".join(lines)

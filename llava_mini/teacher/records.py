@@ -80,8 +80,7 @@ def load_records(path: str | Path, validate: bool = True) -> list[dict]:
 
 def record_type(record: dict) -> str:
     """The response type of a record written here, from its id ('caption' for stage-1 records)."""
-    suffix = record["id"].rsplit("_", 1)[-1]
-    return "caption" if suffix.startswith("caption") else suffix
+    return record["id"].rsplit("_", 1)[-1].rstrip("0123456789")  # "_caption3" -> caption, "_drill0" -> drill
 
 
 def make_record(record_id: str, image: str, pairs: list[tuple[str, str]], rng: random.Random) -> dict:

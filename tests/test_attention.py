@@ -430,3 +430,18 @@ def test_every_figure_draws_and_saves(model, tokenizer, processor, grounded, tmp
         assert path.stat().st_size > 0 and fig.axes
         plt.close(fig)
     assert len(plot_question_layers(grounded[:2], processor).axes) == 2 * (3 + 1)  # image + one map per layer
+
+
+def test_interpret_states_what_the_numbers_show():
+    from llava_mini.attention import interpret
+
+    def summary(acc, word):
+        return {"accuracy": acc, "grounding_by_layer_answer_word": word, "max_possible_mean": 9.3}
+    masking = {"unmasked_accuracy": 0.8, "box": {"accuracy": 0.2},
+               "k=4": {"top_attended": {"changed": 0.30}, "random": {"changed": 0.05}}}
+    text = interpret({"a": summary(0.4, [1.0, 1.2]), "b": summary(0.8, [1.1, 2.5])}, masking, "a", "b")
+    assert "stage 2 points at the object more" in text and "attended patches matter more" in text
+    assert "from 80% to 20%: the answers come from the object's pixels" in text
+    masking["k=4"]["top_attended"]["changed"], masking["box"]["accuracy"] = 0.06, 0.75
+    text = interpret({"a": summary(0.4, [2.0]), "b": summary(0.8, [1.5])}, masking, "a", "b")
+    assert "does not point at the object more" in text and "about the same" in text and "barely depend" in text

@@ -9,7 +9,7 @@ from llava_mini.attention.grounding import (  # noqa: F401
     grounding_questions, GroundingResult, answer_word_token, run_grounding, summarize_grounding,
 )
 from llava_mini.attention.masking import (  # noqa: F401
-    top_patches, mask_patches, mean_fill, masking_experiment, masking_example,
+    top_patches, mask_patches, mean_fill, masking_experiment, masking_example, interpret,
 )
 from llava_mini.attention.plots import (  # noqa: F401
     model_view, pixels_to_image, overlay, plot_question_layers, plot_token_layers, plot_grounding,

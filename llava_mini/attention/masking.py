@@ -80,3 +80,25 @@ def masking_example(model, tokenizer, image_processor, result: GroundingResult, 
     pixel_values, texts = _ask_masked(model, tokenizer, image_processor, [result.question.question] * len(masks),
                                       [clean] * len(masks), list(masks.values()), max_new_tokens, system_prompt=system_prompt)
     return {name: (pv, text) for name, pv, text in zip(masks, pixel_values, texts)}
+
+
+def interpret(summaries: dict[str, dict], masking: dict, before: str, after: str) -> str:
+    """Markdown sentences from the numbers (``summarize_grounding`` per model, ``masking_experiment`` of
+    ``after``): does the answer word's attention point at the object, and does the model need those patches?"""
+    word = {m: max(summaries[m]["grounding_by_layer_answer_word"] or [float("nan")]) for m in (before, after)}
+    lines = [f"- Accuracy on these questions: {before} {summaries[before]['accuracy']:.0%}, "
+             f"{after} {summaries[after]['accuracy']:.0%}.",
+             f"- The answer word's best layer puts {word[after]:.2f}x the uniform share of its image attention on the "
+             f"object ({before}: {word[before]:.2f}x; the most possible is about {summaries[after]['max_possible_mean']:.0f}x): "
+             + ("stage 2 points at the object more than stage 1." if word[after] > 1.1 * word[before] else
+                "stage 2 does not point at the object more than stage 1.")]
+    base, box = masking["unmasked_accuracy"], masking["box"]["accuracy"]
+    for k in [key for key in masking if key.startswith("k=")]:
+        top, rnd = masking[k]["top_attended"]["changed"], masking[k]["random"]["changed"]
+        lines.append(f"- Hiding the {k[2:]} most-attended patches changes {top:.0%} of the answers, {k[2:]} random "
+                     f"ones {rnd:.0%}: " + ("the attended patches matter more than others." if top > rnd + 0.05
+                                           else "about the same, so the attention maps do not show what it uses."))
+    lines.append(f"- Hiding the object's box takes accuracy from {base:.0%} to {box:.0%}: "
+                 + ("the answers come from the object's pixels." if box < base - 0.15 else
+                    "the answers barely depend on the object's pixels."))
+    return "\n".join(lines)

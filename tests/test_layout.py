@@ -37,7 +37,9 @@ def module_level_imports(path: Path) -> set[str]:
 def test_every_file_is_small_and_the_package_stays_small():
     sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
     assert {name: n for name, n in sizes.items() if n > 400} == {}
-    assert sum(sizes.values()) <= 6500
+    # 6,500 when the layout landed (issue #10); the model issue (#11) added the strict matcher, the drills,
+    # the text-scene corpus, the relative score and the computed verdicts: about 200 lines
+    assert sum(sizes.values()) <= 6700
 
 
 def test_the_import_graph_has_no_cycles():

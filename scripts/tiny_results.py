@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "work" / "results"))
+    parser.add_argument("--work", help="the work folder (default <out>/work); the course's work/ reuses the "
+                                       "checkpoints `make course` trained when the settings are the course's")
     parser.add_argument("--stage1-steps", type=int, default=300)
     parser.add_argument("--lora-steps", type=int, default=1800)
     parser.add_argument("--no-qlora", action="store_true", help="skip QLoRA (notebook 04 compares it at the course's budget)")
@@ -50,12 +52,14 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=("val", "test"), help="val to choose settings, test to report")
     parser.add_argument("--fresh-seed", type=int, default=-1, help="also evaluate on this seed's freshly drawn world")
     parser.add_argument("--bar", default="long", choices=("course", "long"), help="which of issue #11's bars to check")
+    parser.add_argument("--lm", help="another language model folder (e.g. a build snapshot); its tokenizer: --tokenizer")
+    parser.add_argument("--tokenizer")
     parser.add_argument("--stage1-lr", type=float, default=None)
     parser.add_argument("--projector-lr", type=float, default=None)
     args = parser.parse_args()
 
     out = Path(args.out)
-    os.environ["LLAVA_MINI_WORK"] = str(out / "work")  # read by llava_mini.paths at call time
+    os.environ["LLAVA_MINI_WORK"] = str(args.work or out / "work")  # read by llava_mini.paths at call time
     import torch
 
     from llava_mini import evaluate
@@ -78,7 +82,8 @@ def main() -> int:
     stages["lora"].update(stage2)
     stages["qlora"].update(stage2, max_steps=args.qlora_steps or args.lora_steps)
     sizes = {**base.world.sizes, "train": args.train_images or base.world.sizes["train"]}
-    spec = get_preset(base, stages=stages, world={"sizes": sizes},
+    model = {k: v for k, v in (("lm", args.lm), ("tokenizer", args.tokenizer)) if v}
+    spec = get_preset(base, stages=stages, world={"sizes": sizes}, model=model,
                       evaluation={"images": args.test_images, "max_per_kind": args.per_kind, "split": args.split,
                                   "n_descriptions": args.descriptions, "seed": args.seed})
     ev = spec.evaluation

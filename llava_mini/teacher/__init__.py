@@ -1,5 +1,7 @@
 """Notebook 02: instruction data from a text-only teacher: prompts, the teachers (base, reading, symbolic,
-reasoning, remote), parsing (responses), the record format (records), the cache, the runner and plots."""
+reasoning, remote), parsing (responses), the record format (records), the cache, the runner and plots.
+The records as Hugging Face datasets live in `llava_mini.teacher.hub`, imported on its own: `datasets` takes
+about 2 s to import, which every notebook would pay."""
 
 from llava_mini.teacher.base import (  # noqa: F401
     TeacherError, TeacherFatalError, TeacherBudgetExhausted, Teacher, last_user_message,
@@ -17,8 +19,8 @@ from llava_mini.teacher.reading import (  # noqa: F401
 )
 from llava_mini.teacher.reasoning import write_reasoning  # noqa: F401
 from llava_mini.teacher.records import (  # noqa: F401
-    IMAGE_TOKEN, ROLES, STOP, RecordError, record_id, validate_record, load_records, record_type, make_record,
-    caption_records, naive_text,
+    IMAGE_TOKEN, ROLES, STOP, RecordError, record_id, validate_record, validate_training_record, load_records,
+    record_type, make_record, caption_records, naive_text,
 )
 from llava_mini.teacher.remote import (  # noqa: F401
     ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, teacher_from_env, OpenAITeacher, TransformersTeacher,

@@ -23,10 +23,13 @@ STOP = "<STOP>"
 
 
 class RecordError(ValueError):
-    """A record that cannot become a training example; the message names it (and the file and index, if read)."""
+    """A record that cannot become a training example; the message names it (and the file and index, if read).
+    `reason`: the rule it breaks, without this record's details (the key under which skips are counted)."""
 
-    def __init__(self, record_id: Any, problem: str, path: str | Path | None = None, index: int | None = None):
+    def __init__(self, record_id: Any, problem: str, path: str | Path | None = None, index: int | None = None,
+                 reason: str | None = None):
         self.record_id, self.problem, self.path, self.index = record_id, problem, path, index
+        self.reason = reason or problem
         where = f"record {record_id!r}" if index is None else f"record {index} (id {record_id!r})"
         super().__init__(f"{where}: {problem}" if path is None else f"{path}: {where}: {problem}")
 
@@ -39,29 +42,47 @@ def validate_record(record: dict) -> None:
     """Raise ``RecordError`` (naming the record) unless it has the format above; an `image`, if any, is a file name."""
     rid = record_id(record)
     if not isinstance(record, dict):
-        raise RecordError(rid, f"is not a JSON object (got {type(record).__name__})")
+        raise RecordError(rid, f"is not a JSON object (got {type(record).__name__})", reason="not a JSON object")
     if not isinstance(turns := record.get("conversations"), list) or not turns:
-        raise RecordError(rid, f"has no 'conversations' list of turns (got {turns!r:.40})")
+        raise RecordError(rid, f"has no 'conversations' list of turns (got {turns!r:.40})", reason="no turns")
     if "image" in record and not (isinstance(record["image"], str) and record["image"].strip()):
-        raise RecordError(rid, f"'image' is not a file name (got {record['image']!r})")
+        raise RecordError(rid, f"'image' is not a file name (got {record['image']!r})", reason="bad image name")
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
         speaker = turn.get("from") if isinstance(turn, dict) else None
         if speaker not in ROLES:
-            raise RecordError(rid, f"turn {i} has unknown speaker {speaker!r} (expected 'human' or 'gpt')")
+            raise RecordError(rid, f"turn {i} has unknown speaker {speaker!r} (expected 'human' or 'gpt')",
+                              reason="unknown speaker")
         if speaker != expected:
-            raise RecordError(rid, f"turns do not alternate: turn {i} is {speaker!r}, expected {expected!r}")
+            raise RecordError(rid, f"turns do not alternate: turn {i} is {speaker!r}, expected {expected!r}",
+                              reason="turns do not alternate")
         if not isinstance(value := turn.get("value"), str):
-            raise RecordError(rid, f"turn {i} value is not a string (got {type(value).__name__})")
+            raise RecordError(rid, f"turn {i} value is not a string (got {type(value).__name__})",
+                              reason="turn is not a string")
         if not value.replace(IMAGE_TOKEN, "").strip():
-            raise RecordError(rid, f"turn {i} ({speaker}) is empty")
+            raise RecordError(rid, f"turn {i} ({speaker}) is empty", reason="empty turn")
     if len(turns) % 2:
-        raise RecordError(rid, "the last turn is a question without an answer (turns must end with 'gpt')")
+        raise RecordError(rid, "the last turn is a question without an answer (turns must end with 'gpt')",
+                          reason="question without an answer")
     counts = [turn["value"].count(IMAGE_TOKEN) for turn in turns]
     if sum(counts) != 1:
-        raise RecordError(rid, f"must contain {IMAGE_TOKEN} exactly once, found {sum(counts)}")
+        raise RecordError(rid, f"must contain {IMAGE_TOKEN} exactly once, found {sum(counts)}",
+                          reason=f"{IMAGE_TOKEN} not exactly once")
     if counts[0] != 1:
-        raise RecordError(rid, f"{IMAGE_TOKEN} must be in the first human turn")
+        raise RecordError(rid, f"{IMAGE_TOKEN} must be in the first human turn", reason=f"{IMAGE_TOKEN} not in turn 0")
+
+
+def validate_training_record(record: dict, image_folder: str | Path | None = None) -> None:
+    """``validate_record``, and a training record needs its picture: an `image` inside ``image_folder``
+    (a relative path) that is a file there (checked when the folder is given)."""
+    validate_record(record)
+    rid, image = record_id(record), record.get("image")
+    if not image:
+        raise RecordError(rid, "has no 'image' file name", reason="no image")
+    if Path(image).is_absolute() or ".." in Path(image).parts:
+        raise RecordError(rid, f"image {image!r} is not a path inside the image folder", reason="bad image name")
+    if image_folder is not None and not (Path(image_folder) / image).is_file():
+        raise RecordError(rid, f"image {image!r} is not in {image_folder}", reason="image not found")
 
 
 def load_records(path: str | Path, validate: bool = True) -> list[dict]:
@@ -74,7 +95,7 @@ def load_records(path: str | Path, validate: bool = True) -> list[dict]:
         try:
             validate_record(record)
         except RecordError as e:
-            raise RecordError(e.record_id, e.problem, path, index) from None
+            raise RecordError(e.record_id, e.problem, path, index, e.reason) from None
     return records
 
 

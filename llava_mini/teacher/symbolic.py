@@ -172,10 +172,12 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
 DRILL_WEIGHTS = {"relation": 3.0, "exists": 3.0, "colour": 2.0, "shape": 2.0, "count_all": 1.0, "count_shape": 1.0}
 
 
-def write_drill(reading: SceneReading, rng: random.Random, n: int = 6) -> list[tuple[str, str]]:
-    """Up to n (question, answer) pairs about a complete reading, drawn with DRILL_WEIGHTS, no question twice."""
-    d, made = _Dialogue(reading, rng), {}
-    makers, weights = [getattr(d, name) for name in DRILL_WEIGHTS], list(DRILL_WEIGHTS.values())
+def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
+                weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """Up to n (question, answer) pairs about a complete reading, drawn with ``weights`` (default
+    DRILL_WEIGHTS; keys name the question makers), no question twice."""
+    d, made, weights = _Dialogue(reading, rng), {}, weights or DRILL_WEIGHTS
+    makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:
             break
@@ -187,14 +189,14 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6) -> list[t
     return list(made.items())
 
 
-def drill_records(records, seed: int = 0, per_image: int = 1) -> list[dict]:
+def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str, float] | None = None) -> list[dict]:
     """``per_image`` drill records (``write_drill``) per world ImageRecord, read from its captions and boxes:
     short questions of the held-out kinds, like the short-answer VQA data LLaVA v1.5 added to its mix. Ids end
     in "_drill<k>" (teacher.record_type "drill"); a scene the reader cannot take apart gets none."""
     out = []
     for r, k in ((r, k) for r in records for k in range(per_image)):
         rng = random.Random(f"{seed}:{r.file_name}:drill{k}")
-        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng):
+        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights):
             out.append(make_record(f"{Path(r.file_name).stem}_drill{k}", r.file_name, pairs, rng))
     return out
 

@@ -1,5 +1,6 @@
 """Notebook 01: the shapes world (shapes, captions, writer), the COCO reader (coco), the symbolic view
-(symbolic, relations), the real photos (photos), counts (stats) and figures (plots)."""
+(symbolic, relations), the real photos (photos), counts (stats), figures (plots); what to download for real
+data: `python -m llava_mini.world.prepare` (not imported here, so that it runs as a module)."""
 
 from llava_mini.world.captions import REGION_PHRASES, make_captions, region  # noqa: F401
 from llava_mini.world.coco import (  # noqa: F401

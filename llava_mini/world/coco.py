@@ -1,6 +1,7 @@
 """Read COCO-format captions + instances files (real COCO 2017 or the shapes world) into image records."""
 
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,15 @@ class CocoDataset:
 
     def by_id(self) -> dict[int, ImageRecord]:
         return {r.image_id: r for r in self.records}
+
+    def subset(self, n: int, seed: int | None = None, start: int = 0) -> "CocoDataset":
+        """Records start .. start+n of the images in id order, or (with a seed) in a seeded shuffle, returned
+        in id order: subset(4000, seed=0) and subset(500, seed=0, start=4000) never share an image."""
+        order = list(self.records)
+        if seed is not None:
+            random.Random(seed).shuffle(order)
+        chosen = sorted(order[start:start + n], key=lambda r: r.image_id)
+        return CocoDataset(chosen, Counter(self.skipped), list(self.skipped_examples))
 
 
 def _get(record, key: str, where, kind: type | None = None):  # record[key], checked
@@ -207,10 +217,12 @@ def _box_problem(bbox, width: int, height: int) -> str | None:
 
 
 def read_split(root: str | Path, split: str, errors: Literal["raise", "skip"] = "raise") -> CocoDataset:
-    """Read `<root>/annotations/{captions,instances}_<split>.json` with images from `<root>/images/<split>`
-    (the shapes world's layout) or `<root>/<split>2017` (COCO's)."""
-    root, image_dir = Path(root), Path(root) / "images" / split
-    if not image_dir.exists() and (root / f"{split}2017").exists():
-        image_dir = root / f"{split}2017"
-    return read_coco(root / "annotations" / f"captions_{split}.json", root / "annotations" / f"instances_{split}.json",
+    """Read one split in the shapes world's layout (`<root>/annotations/captions_train.json`, `instances_...`,
+    images in `<root>/images/train`) or COCO 2017's as unzipped (`annotations/captions_train2017.json`,
+    images in `<root>/train2017`); `split` is "train" or "train2017" for either."""
+    root, base = Path(root), split.removesuffix("2017")
+    name = next((s for s in (split, base + "2017", base) if (root / "annotations" / f"captions_{s}.json").exists()), split)
+    folders = (root / "images" / split, root / "images" / base, root / (base + "2017"), root / split)
+    image_dir = next((d for d in folders if d.is_dir()), folders[0])
+    return read_coco(root / "annotations" / f"captions_{name}.json", root / "annotations" / f"instances_{name}.json",
                      image_dir, errors)

@@ -185,9 +185,11 @@ def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: s
               device: str | torch.device | None = None):
     """A LlavaMini of the preset's two towers with a fresh fp32 projector.
 
-    Frozen weights in the training precision (fp32 on the CPU, bf16 / fp16 on a GPU); with ``qlora``
-    the LM's linear layers in 4-bit NF4 with double quantization (vision tower and projector are not
-    quantized). On a GPU the model is loaded straight onto it (4-bit weights are quantized there).
+    Frozen weights in the training precision (``resolve_precision``: fp32 on the CPU, bf16 / fp16 on a GPU);
+    with ``qlora`` the LM's linear layers in 4-bit NF4 with double quantization, computing in that precision
+    (vision tower and projector are not quantized). On a GPU both towers load straight onto it in that dtype,
+    never as a full copy in host RAM. The projector computes in that precision under the loop's autocast; its
+    weights stay fp32, as trained weights must (a GradScaler cannot unscale fp16 gradients).
     """
     model = get_preset(preset).model
     precision = resolve_precision(precision)
@@ -195,7 +197,7 @@ def load_base(preset: str | Preset, tokenizer, qlora: bool = False, precision: s
         device = "cuda"
     return build(
         model.vision, model.lm, projector_type=model.projector_type, image_token_id=image_token_id(tokenizer),
-        torch_dtype=None if precision == "fp32" else compute_dtype(precision),
+        torch_dtype=compute_dtype(precision),  # (transformers 5's default is the checkpoint's own dtype)
         quantization_config=qlora_quantization_config(precision) if qlora else None,
         vision_feature_layer=model.vision_feature_layer, projector_dtype=torch.float32, device=device,
     )

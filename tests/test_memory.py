@@ -1,15 +1,19 @@
-"""The memory estimate: shapes from config.json, sane orderings, the H100 anchor, and counting formulas
-that match real modules."""
+"""The memory estimate: shapes from config.json, sane orderings, the H100 anchor, counting formulas that
+match real modules, and host RAM while loading (Colab's ~12.7 GB) with the loading path it assumes."""
 
 import json
 
 import pytest
-from transformers import AutoConfig, CLIPVisionModel, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+import torch
+from transformers import (AutoConfig, CLIPVisionModel, LlamaForCausalLM, PreTrainedModel, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from llava_mini.config import get_preset
-from llava_mini.model import Projector
+from llava_mini.model import Projector, build
 from llava_mini.paths import DATA_DIR
 from llava_mini.train import estimate_memory, parameter_counts, tower_config
+from llava_mini.train.memory import GIB
+from stand_ins import one_thread, tiny_llama, tiny_vision  # noqa: F401
 
 
 def test_shapes_come_from_each_towers_config_json():
@@ -78,3 +82,36 @@ def test_estimates_of_the_presets_stay_what_they_were():
     for name, totals in expected.items():
         got = tuple(estimate_memory(name, mode).total for mode in ("stage1", "lora", "qlora"))
         assert got == pytest.approx(totals, abs=1e-4), name
+
+
+COLAB_HOST_RAM_GIB = 12.7e9 / GIB  # what a free Colab runtime has (Colab shows "12.7 GB")
+
+
+def test_host_ram_while_loading_stands_beside_gpu_memory_and_fits_colab():
+    for mode in ("stage1", "lora", "qlora"):
+        on_gpu = estimate_memory("colab", mode, precision="fp16", device="cuda")
+        assert 0 < on_gpu.host[0] < COLAB_HOST_RAM_GIB and on_gpu.host[0] < on_gpu.total, mode
+        text = str(on_gpu)
+        assert "host RAM" in text and "straight to the GPU" in text and "total" in text
+    # Even the 7B LM loads on Colab's host, one tensor at a time; the same model whole in host RAM could not.
+    assert estimate_memory("paper", "qlora", device="cuda").host[0] < COLAB_HOST_RAM_GIB
+    whole = estimate_memory("paper", "lora", precision="fp32", device="cpu")
+    assert whole.host[0] == whole.total > COLAB_HOST_RAM_GIB
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_towers_load_straight_onto_the_device_in_the_requested_dtype(tmp_path, monkeypatch, dtype):
+    tiny_vision().save_pretrained(tmp_path / "vision")  # saved in fp32, as hub CLIP checkpoints are
+    tiny_llama(300).half().save_pretrained(tmp_path / "lm")
+    loads, from_pretrained = [], PreTrainedModel.from_pretrained.__func__
+
+    def recorded(cls, *args, **kwargs):  # every tower's from_pretrained, with how it was asked to load
+        loads.append((cls.__name__, kwargs.get("device_map"), kwargs.get("dtype")))
+        return from_pretrained(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recorded))
+    model = build(tmp_path / "vision", tmp_path / "lm", image_token_id=3, torch_dtype=dtype, device="cpu")
+    # Placed by from_pretrained tensor by tensor, not built whole on the host and moved afterwards.
+    assert sorted(loads) == [("CLIPVisionModel", {"": "cpu"}, dtype), ("LlamaForCausalLM", {"": "cpu"}, dtype)]
+    for tower in (model.vision_tower, model.language_model):
+        assert {p.dtype for p in tower.parameters()} == {dtype}

@@ -17,7 +17,7 @@ from llava_mini.model import LlavaCollator, LlavaInstructDataset
 from llava_mini.model import build
 from llava_mini.train import (
     StepSampler, add_lora, freeze_for_stage1, load_checkpoint, merge_lora, plot_loss,
-    qlora_quantization_config, resolve_precision, train, trainable_parameters,
+    qlora_quantization_config, train, trainable_parameters,
 )
 from llava_mini.config import TrainConfig
 from llava_mini.train.__main__ import _parse_value
@@ -206,18 +206,6 @@ def test_gradient_checkpointing_changes_nothing_but_memory(setup, tmp_path):
         histories.append([r["loss"] for r in train(model, setup["dataset"], setup["collator"], cfg).history])
         assert not model.is_gradient_checkpointing  # switched off again after training
     np.testing.assert_allclose(histories[1], histories[0], rtol=0, atol=1e-6)
-
-
-def test_precision_follows_the_hardware(monkeypatch):
-    assert resolve_precision("auto") == "fp32"  # this CPU
-    assert resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
-    assert resolve_precision("auto") == "fp16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_precision("auto") == "bf16"
-    with pytest.raises(ValueError, match="precision"):
-        resolve_precision("int8")
 
 
 def test_batch_size_is_global_and_accumulation_is_derived():

@@ -253,9 +253,17 @@ class LlavaMini(nn.Module):
         return export_to_transformers(self, save_directory, tokenizer, image_processor)
 
 
-def load_vision_tower(name_or_path: str | Path, torch_dtype: torch.dtype | None = None) -> nn.Module:
+def placement(device: str | torch.device | None) -> dict | None:
+    """``from_pretrained``'s device_map for one device: each tensor is read and cast on its own and moved
+    there, so host RAM never holds the whole tower (Colab has ~12.7 GB). None: built on the CPU as usual."""
+    return None if device is None else {"": device}
+
+
+def load_vision_tower(name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
+                      device: str | torch.device | None = None) -> nn.Module:
     """The vision half of a checkpoint: a CLIP/SigLIP folder or hub name -> CLIPVisionModel/SiglipVisionModel
-    (for two-tower checkpoints like ``openai/clip-vit-large-patch14-336`` and vision-only folders)."""
+    (for two-tower checkpoints like ``openai/clip-vit-large-patch14-336`` and vision-only folders), loaded
+    straight onto ``device`` (``placement``) in ``torch_dtype``."""
     config = AutoConfig.from_pretrained(name_or_path)
     vision_config = getattr(config, "vision_config", config)  # CLIPConfig holds a CLIPVisionConfig
     vision_class = MODEL_MAPPING[type(vision_config)]  # CLIPVisionConfig -> CLIPVisionModel, ...
@@ -264,7 +272,7 @@ def load_vision_tower(name_or_path: str | Path, torch_dtype: torch.dtype | None 
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        return vision_class.from_pretrained(name_or_path, dtype=torch_dtype)
+        return vision_class.from_pretrained(name_or_path, dtype=torch_dtype, device_map=placement(device))
     finally:
         transformers_logging.set_verbosity(verbosity)
 
@@ -281,11 +289,9 @@ def build(vision_name_or_path: str | Path, lm_name_or_path: str | Path, projecto
     """
     if image_token_id is None:
         raise ValueError("image_token_id is required (llava_mini.model.add_image_token(tokenizer) gives it)")
-    vision_tower = load_vision_tower(vision_name_or_path, torch_dtype)
+    vision_tower = load_vision_tower(vision_name_or_path, torch_dtype, device)
     language_model = AutoModelForCausalLM.from_pretrained(
         lm_name_or_path, dtype=torch_dtype, quantization_config=quantization_config,
-        attn_implementation=attn_implementation, device_map=None if device is None else {"": device})
-    if device is not None:
-        vision_tower.to(device)
+        attn_implementation=attn_implementation, device_map=placement(device))
     return LlavaMini(vision_tower, language_model, image_token_id, projector_type, vision_feature_layer,
                      projector_dtype or (torch_dtype if quantization_config is None else None))

@@ -71,7 +71,7 @@ def load_checkpoint(directory: str | Path, vision: str | Path | None = None, lm:
     qlora = run["qlora"] if qlora is None else qlora
     model = LlavaMini.from_pretrained(
         directory, vision=vision or run["vision"], lm=lm or run["lm"], device=device, projector_dtype=torch.float32,
-        torch_dtype=None if precision == "fp32" else compute_dtype(precision), attn_implementation=attn_implementation,
+        torch_dtype=compute_dtype(precision), attn_implementation=attn_implementation,
         quantization_config=qlora_quantization_config(precision) if qlora else None)
     model.requires_grad_(False)
     if (directory / "adapter").exists():  # (peft reads safetensors)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from llava_mini.config import PRESETS, Preset, get_preset
 from llava_mini.paths import DATA_DIR
 
@@ -46,10 +48,12 @@ def parameter_counts(vision, lm, lora_r: int = 0) -> dict[str, int]:
 
 @dataclass
 class MemoryEstimate:
-    """Rows of (part, GiB, how it was counted); ``total`` in GiB. Printing it gives a table."""
+    """Rows of (part, GiB, how it was counted) of training memory on the device; ``total`` in GiB; ``host``:
+    (GiB, how) of peak host RAM while the towers load. Printing it gives a table."""
 
     title: str
     rows: list[tuple[str, float, str]]
+    host: tuple[float, str] = (0.0, "")
 
     @property
     def total(self) -> float:
@@ -59,7 +63,8 @@ class MemoryEstimate:
         width = max(len(part) for part, _, _ in self.rows)
         lines = [self.title, f"{'part':<{width}}  {'GiB':>8}  how", "-" * (width + 40)]
         lines += [f"{part:<{width}}  {gib:8.3f}  {how}" for part, gib, how in self.rows]
-        lines += ["-" * (width + 40), f"{'total':<{width}}  {self.total:8.3f}  (+ CUDA context, ~0.5 GiB on a GPU)"]
+        lines += ["-" * (width + 40), f"{'total':<{width}}  {self.total:8.3f}  (+ CUDA context, ~0.5 GiB on a GPU)",
+                  f"{'host RAM, loading':<{width}}  {self.host[0]:8.3f}  {self.host[1]}"]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -67,12 +72,18 @@ class MemoryEstimate:
 
 def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_size: int | None = None,
                     seq_len: int | None = None, lora_r: int | None = None, gradient_checkpointing: bool | None = None,
-                    precision: str | None = None) -> MemoryEstimate:
+                    precision: str | None = None, device: str | None = None) -> MemoryEstimate:
     """Peak training memory, roughly, from the preset's shapes. mode: "stage1" (projector only), "lora" (LM in
     ``precision``) or "qlora" (LM linears in 4-bit). batch_size: the micro-batch; seq_len: tokens per example;
     precision: of frozen weights and activations. Defaults: the preset's TrainConfig of that mode. Calibrated
     against the H100 anchors in design.md (Llama-2-7B shape, QLoRA batch 4 with checkpointing: measured 11.0
-    GiB) to ~10%."""
+    GiB) to ~10%.
+
+    Host RAM while loading, beside it: on a GPU (``device`` "cuda"; default: where load_base puts the model)
+    each tower loads straight onto the device in the compute dtype, one tensor at a time from memory-mapped
+    safetensors, so the host holds about the largest tensor: read (assumed stored in fp32) and its cast copy.
+    Not counted: the reclaimable page cache of the mapped files, and the Python process itself. On the CPU
+    ("cpu") the host holds everything: the total."""
     preset = get_preset(preset)
     vision, lm = tower_config(preset, "vision"), tower_config(preset, "lm")
     cfg = preset.train_config(mode)
@@ -122,6 +133,14 @@ def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_si
     one_layer = (4 * vision.hidden_size + vision.intermediate_size) * half
     rows.append(("vision forward (transient)", vision_tokens * one_layer, f"{vision_tokens} tokens x one layer"))
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     title = (f"estimated peak training memory: preset {preset.name!r}, {mode}, micro-batch {batch} x {seq} tokens, "
-             f"{'checkpointing' if checkpointing else 'no checkpointing'}, {precision}")
-    return MemoryEstimate(title, [(part, size / GIB, how) for part, size, how in rows])
+             f"{'checkpointing' if checkpointing else 'no checkpointing'}, {precision}, {device}")
+    estimate = MemoryEstimate(title, [(part, size / GIB, how) for part, size, how in rows])
+    if device == "cpu":
+        estimate.host = (estimate.total, "training on the CPU: all of the above is host RAM")
+    else:
+        largest = max(lm.vocab_size * h, h * i, vision.hidden_size * vision.intermediate_size)  # embeddings, mostly
+        estimate.host = (largest * (4 + half) / GIB, f"straight to the GPU: largest tensor, {largest / 1e6:.1f}M "
+                         f"x (4 B read + {half} B cast) (+ the Python process)")
+    return estimate

@@ -8,20 +8,29 @@ from llava_mini.config import PRECISIONS
 
 
 def resolve_precision(precision: str = "auto") -> str:
-    """"auto" -> what the hardware does well: bf16 on GPUs that support it, fp16 on those that do not
-    (a T4 has no bf16), fp32 on the CPU (bf16 autocast works there too, but fp32 is exact and the
-    default; ask for "bf16" to trade accuracy for ~1.3x speed)."""
+    """"auto" -> what the hardware does well: bf16 on GPUs with native bf16 (Ampere, sm_80, and newer), fp16
+    on older ones (T4 sm_75, V100 sm_70; the loop scales the loss there), fp32 on the CPU (bf16 autocast
+    works there too, but fp32 is exact and the default; ask for "bf16" to trade accuracy for ~1.3x speed)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if has_native_bf16() else "fp16"
     return "fp32"
 
 
+def has_native_bf16() -> bool:
+    """Whether the current GPU computes in bf16 itself. Plain ``is_bf16_supported()`` also counts emulation,
+    which says True on a T4, where bf16 is only emulated (slowly)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without including_emulation: native bf16 came with compute capability 8.0
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def compute_dtype(precision: str) -> torch.dtype:
-    """Dtype of frozen weights and of 4-bit matmuls for a precision."""
+    """Dtype of frozen weights (both towers) and of 4-bit matmuls for a precision."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[resolve_precision(precision)]
 
 

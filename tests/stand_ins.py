@@ -6,6 +6,7 @@ the two, and a few random images with LLaVA records about them. Each test file p
 differ (the BPE corpus, widths, seeds, projector weights).
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -118,3 +119,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (scripts are not a package), so tests call its functions."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

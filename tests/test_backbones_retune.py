@@ -1,6 +1,5 @@
 """scripts/retune_text_tower.py (LiT: a fresh text tower against a locked vision tower) at toy size."""
 
-import importlib.util
 import json
 
 import torch
@@ -9,15 +8,13 @@ from llava_mini import backbones
 from llava_mini.files import write_json
 from llava_mini.paths import REPO_ROOT
 from llava_mini.world import WorldConfig
+import stand_ins
 
 SCRIPT = REPO_ROOT / "scripts" / "retune_text_tower.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("retune_text_tower", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return stand_ins.load_script("retune_text_tower")
 
 
 def test_retune_keeps_the_vision_tower_and_replaces_the_text_side(tmp_path):

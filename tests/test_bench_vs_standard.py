@@ -1,7 +1,6 @@
 """scripts/bench_vs_standard.py: it runs end to end at toy size (so it cannot rot), both routes train on the
 same batches with the same losses, and its shape files hold the public shapes they name. No timing asserted."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import stand_ins
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_vs_standard.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_standard", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return stand_ins.load_script("bench_vs_standard")
 
 
 def test_toy_run_writes_both_routes_with_matching_losses(tmp_path):

@@ -7,6 +7,7 @@ missing, as on Colab). pip installs into that venv without fetching anything (no
 """
 
 import importlib.util
+import stand_ins
 import json
 import os
 import shutil
@@ -29,10 +30,7 @@ def first_code_cell(notebook: dict) -> str:
 
 
 def load_sync_script():
-    spec = importlib.util.spec_from_file_location("sync_setup_cell", REPO / "scripts" / "sync_setup_cell.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return stand_ins.load_script("sync_setup_cell")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

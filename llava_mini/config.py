@@ -92,7 +92,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class WorldSettings:
-    """The generated shapes world the course trains on (data source "course")."""
+    """The images a preset draws: the shapes world it generates (data source "course"), or for COCO the seeded,
+    disjoint "train" and "test" subsets of its image folder (course.coco_subsets)."""
 
     seed: int = 0
     sizes: dict = field(default_factory=lambda: {"train": 4000, "val": 300, "test": 500})  # images per split
@@ -248,7 +249,8 @@ COLAB = Preset(
                         system_prompt="You are a helpful assistant."),  # else Qwen's template inserts its own
     data=DataSettings(source="files", max_length=1024,
                       stage1_file="instruct/coco_stage1_captions_train.json",  # course-style files for COCO 2017
-                      instruct_file="instruct/coco_llava_instruct_train.json", image_folder="coco/train2017"),
+                      instruct_file="instruct/coco_llava_instruct_train.json", image_folder="coco/val2017"),
+    world=WorldSettings(sizes={"train": 2000, "test": 500}),  # from val2017: what `prepare --preset colab` fetches
     stages=_stages(
         stage1=dict(max_steps=500, batch_size=64, micro_batch_size=16, lr=1e-3, precision="auto"),
         lora=dict(max_steps=1000, batch_size=32, micro_batch_size=4, lr=2e-4, projector_lr=2e-5, lora_r=64,

@@ -2,6 +2,7 @@
 
     course_world()            the shapes world under the work folder, generated once, then reused
     course_instruct_data()    its instruction data (symbolic teacher), generated once, then reused
+    coco_instruct_data()      the same for a subset of COCO 2017 (hub presets), held-out images: coco_subsets()
     load_processors(preset)   tokenizer (chat template, <image> token) + image processor
     load_base(preset, ...)    a LlavaMini of the preset's two towers with a fresh projector
     training_data(preset)     the stage-1 / instruction files and their image folder
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,14 +28,15 @@ from llava_mini.files import file_fingerprint, fingerprint, read_json, write_jso
 from llava_mini.model import LlavaCollator, LlavaInstructDataset, add_image_token, build, image_token_id
 from llava_mini.paths import work_dir
 from llava_mini.teacher import (
-    BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, RESPONSE_TYPES, SYSTEM_MESSAGES, SymbolicTeacher, Teacher, drill_records,
-    generate_instruct_data, load_records, load_seeds, record_type, teacher_from_env,
+    BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS, ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, RESPONSE_TYPES, SYSTEM_MESSAGES,
+    SymbolicTeacher, Teacher, drill_records, generate_instruct_data, load_records, load_seeds, record_type,
+    teacher_from_env,
 )
 from llava_mini.train import (
     add_lora, backbone_fingerprint, compute_dtype, estimate_memory, freeze_for_stage1, load_checkpoint,
     qlora_quantization_config, resolve_precision, train,
 )
-from llava_mini.world import WorldConfig, generate_world, read_split
+from llava_mini.world import CocoDataset, ImageRecord, WorldConfig, context_text, generate_world, read_split
 
 # ============================================================================ data
 
@@ -56,48 +58,106 @@ def course_instruct_data(
     force: bool = False,
     progress: bool = True,
     world_sizes: dict[str, int] | None = None,
+    records: Sequence[ImageRecord] | None = None,
+    prefix: str = "",
+    workers: int = 1,
 ) -> dict[str, Path]:
     """The course's instruction data for one split of the shapes world, generated once and then reused.
 
     Returns {"instruct": LLaVA-Instruct JSON (conversation + detail + complex records),
              "stage1": caption JSON (one record per caption), "summary": summary JSON,
-             "drills": short questions of the held-out kinds (teacher.drill_records; stage 2 mixes them in),
+             "drills": short questions of the held-out kinds (teacher.drill_records; stage 2 mixes them in;
+                       none for ``records``),
              "images": the split's image folder (what each record's "image" is relative to)}.
-    Files live under work_dir()/"instruct" (or ``out_dir``); they are reused while the world, seed, teacher,
-    prompts and seed examples are unchanged, and regenerated otherwise (the response cache keeps that cheap).
+    Files live under work_dir()/"instruct" (or ``out_dir``), named ``<prefix>llava_instruct_<split>.json`` and so
+    on; they are reused while the images, seed, teacher, prompts and seed examples are unchanged, and regenerated
+    otherwise (the response cache keeps that cheap). ``records`` (COCO's, say) stand in for the world's split:
+    the world is then neither made nor read. ``workers``: concurrent teacher calls (for a remote server).
     """
     teacher = teacher or SymbolicTeacher(seed)
     types = tuple(types)
-    world_root = Path(world_root) if world_root else course_world(seed=seed, sizes=world_sizes)
     out_dir = Path(out_dir) if out_dir else work_dir() / "instruct"
-    paths = {
-        "instruct": out_dir / f"llava_instruct_{split}.json",
-        "stage1": out_dir / f"stage1_captions_{split}.json",
-        "summary": out_dir / f"summary_{split}.json",
-        "drills": out_dir / f"drills_{split}.json",
-        "images": world_root / "images" / split,
-    }
-    stamp_file = out_dir / f"stamp_{split}.json"
-    world_stamp = world_root / "world.json"
+    from_world = records is None
+    if from_world:  # the world's split, read only when the data must be made
+        world_root = Path(world_root) if world_root else course_world(seed=seed, sizes=world_sizes)
+        images, world_stamp = world_root / "images" / split, world_root / "world.json"
+        source = read_json(world_stamp) if world_stamp.exists() else None
+    else:  # what the teacher reads of each image: another subset or other annotations are other data
+        records = list(records)
+        images, source = records[0].image_dir if records else None, [(r.file_name, context_text(r)) for r in records]
+    paths = {key: out_dir / f"{prefix}{stem}_{split}.json" for key, stem in (
+        ("instruct", "llava_instruct"), ("stage1", "stage1_captions"), ("summary", "summary"), ("drills", "drills"))}
+    paths["images"] = images
+    stamp_file = out_dir / f"{prefix}stamp_{split}.json"
     key = fingerprint({
         "teacher": teacher.identity, "types": types, "seed": seed, "split": split, "prompts": SYSTEM_MESSAGES,
         "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS], "seeds": {t: load_seeds(t) for t in types},
-        "world": read_json(world_stamp) if world_stamp.exists() else None,
+        "world": source,
     })
     if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
             paths[k].exists() for k in ("instruct", "stage1", "summary", "drills")):
         return paths
-    records = read_split(world_root, split).records
-    write_json(paths["drills"], drill_records(records, seed))
+    records = read_split(world_root, split).records if from_world else records
+    # The drills read the shapes world's sentences; of a photo they would state falsehoods ("zero objects").
+    write_json(paths["drills"], drill_records(records, seed) if from_world else [])
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
         records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
         summary_file=paths["summary"], cache_file=out_dir / "cache" / f"{slug}.jsonl", types=types, seed=seed,
-        progress=progress,
+        progress=progress, workers=workers,
     )
     if result.summary["missing"] == 0:  # a run cut short must not vouch for its files
         write_json(stamp_file, {"fingerprint": key})
     return paths
+
+
+# COCO 2017 for the hub presets: notebook 02 writes instruction data for one subset, notebook 04 evaluates on another.
+TEACHER_NEEDED = (f"a teacher: {ENV_API_KEY} or OPENAI_API_KEY (or {ENV_BASE_URL} for a local server) and "
+                  f"{ENV_MODEL} in the environment, or a local chat model (teacher.TransformersTeacher, on a GPU)")
+
+
+def coco_needs(preset: str | Preset = "colab", teacher: bool = False) -> str | None:
+    """What a preset's COCO path still lacks, in words, or None: a hub preset, COCO 2017's annotations and
+    pictures under the work folder, and (with ``teacher``) a teacher configured in the environment."""
+    spec = get_preset(preset)
+    if spec.data.source == "course":
+        return f"a hub preset (PRESET 'colab' or 'paper'; {spec.name!r} trains on the shapes world)"
+    folder = work_dir() / spec.data.image_folder
+    if not (folder.is_dir() and (folder.parent / "annotations" / f"captions_{folder.name}.json").is_file()):
+        return f"COCO 2017 in {folder.parent} (`python -m llava_mini.world.prepare --preset {spec.name}` lists it)"
+    try:
+        return TEACHER_NEEDED if teacher and teacher_from_env() is None else None
+    except ValueError as e:  # configured in part (a key but no model)
+        return f"a teacher ({e})"
+
+
+def coco_subsets(preset: str | Preset = "colab") -> dict[str, CocoDataset]:
+    """The preset's COCO images as two disjoint seeded subsets of ``preset.world.sizes`` images: "train" (notebook
+    02 writes instruction data for them) and "test" (held out for notebook 04). colab draws both from val2017,
+    the 5,000 pictures that ``python -m llava_mini.world.prepare --preset colab`` lists (train2017 is 19 GB).
+    Annotations that cannot be right are skipped and counted (``.skipped``)."""
+    spec = get_preset(preset)
+    folder = work_dir() / spec.data.image_folder
+    coco = read_split(folder.parent, folder.name, errors="skip")
+    n, seed = spec.world.sizes, spec.world.seed
+    if len(coco) < n["train"] + n["test"]:
+        raise ValueError(f"{folder.parent / 'annotations'}: {len(coco)} images of {folder.name} annotated, fewer than "
+                         f"the {n['train']} + {n['test']} that preset {spec.name!r} draws (its world.sizes)")
+    return {"train": coco.subset(n["train"], seed), "test": coco.subset(n["test"], seed, start=n["train"])}
+
+
+def coco_instruct_data(preset: str | Preset = "colab", teacher: Teacher | None = None, workers: int = 1,
+                       force: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Notebook 02 on COCO: ``course_instruct_data`` for ``coco_subsets(preset)["train"]``, through the resumable
+    response cache, written where the colab preset reads it (work/instruct/coco_llava_instruct_train.json and
+    coco_stage1_captions_train.json). ``teacher``: default the OpenAI-compatible server of the environment; a
+    SymbolicTeacher only restates captions on real photos (the summary's "teacher" says who wrote the data)."""
+    teacher = teacher or teacher_from_env()
+    if teacher is None:
+        raise ValueError(f"no teacher for the COCO data; it needs {TEACHER_NEEDED}")
+    spec = get_preset(preset)
+    return course_instruct_data(spec.world.seed, teacher=teacher, records=coco_subsets(spec)["train"], prefix="coco_",
+                                force=force, progress=progress, workers=workers)
 
 
 def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:

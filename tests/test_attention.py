@@ -341,6 +341,10 @@ def test_answer_word_token_finds_the_token_that_names_the_answer():
     assert answer_word_token(att([" The", " star", " is", " red", "."]), "shape") == 1
     assert answer_word_token(att([" It", " is", " pur", "ple", "."]), "colour") == 2  # first piece of the word
     assert answer_word_token(att([" I", " do", " not", " know"]), "colour") is None
+    # an answer that scans first: the word in its conclusion, not the other objects' colours before it
+    scan = ["The", " red", " one", " is", " a", " star", ";", " the", " blue", " one", " is", " a", " cross", ",",
+            " so", " the", " cross", " is", " blue", "."]
+    assert answer_word_token(att(scan), "colour") == 18
 
 
 # ----------------------------------------------------------------------------- one generation function

@@ -35,6 +35,23 @@ def test_builder_runs_end_to_end_at_toy_size(tmp_path):
     assert text == "USER: hi\nASSISTANT: yes</s>\n"
 
 
+def test_lm_build_continues_from_an_earlier_build_with_its_tokenizer(tmp_path):
+    from dataclasses import replace
+
+    from transformers import LlamaForCausalLM
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    build_backbones(first, BackboneRecipe.toy(), device="cpu", parts=("lm",), log=lambda *_: None)
+    recipe = replace(BackboneRecipe.toy(), lm_init=str(first), lm_steps=2, vocab_size=999)  # vocab: ignored
+    report = build_backbones(second, recipe, device="cpu", parts=("lm",), log=lambda *_: None)
+    assert (second / "tokenizer" / "tokenizer.json").read_text() == (first / "tokenizer" / "tokenizer.json").read_text()
+    before, after = (LlamaForCausalLM.from_pretrained(d / "lm") for d in (first, second))
+    shape = lambda c: (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.intermediate_size)
+    assert shape(after.config) == shape(before.config)
+    changed = [n for (n, p), q in zip(before.named_parameters(), after.parameters()) if not torch.equal(p, q)]
+    assert changed and report["lm_recipe"]["lm_init"] == str(first)
+
+
 def test_eos_token_never_gets_clip_legacy_id():
     tok = train_tokenizer(["a red circle", "two blue squares"], vocab_size=300)
     assert tok.eos_token_id != 2 and tok.convert_tokens_to_ids("<image>") is not None

@@ -244,6 +244,12 @@ def test_is_correct_and_normalize():
     ("existence", "Yes, there is not a green cross.", "yes"),
     ("existence", "No. Yes, there is one.", "no"),
     ("existence", "I see a green circle.", "yes"),          # names neither: wrong, never a default
+    # a conclusion after its steps is held to the same rule; the steps cannot stand in for it
+    ("colour", "The red one is a triangle; the blue one is a cross, so the cross is blue or red.", "blue"),
+    ("colour", "The red one is a triangle; the blue one is a cross, so it is the cross.", "blue"),
+    ("colour", "The blue one is a cross, so the cross is red.", "blue"),
+    ("relation", 'The boxes say "red square: [0.1, 0.1, 0.3, 0.3]", so it is left, not right.', "left"),
+    ("existence", "So yes, I see one, so no.", "yes"),
 ])
 def test_strict_matcher_rejects_competing_terms(kind, answer, expected):
     assert not ev.is_correct(kind, answer, expected)
@@ -257,6 +263,9 @@ def test_strict_matcher_rejects_competing_terms(kind, answer, expected):
     ("existence", "I see a green cross, so yes, there is one.", "yes"),
     ("relation", "The red square spans x 0.328 to 0.578 and the circle 0.641 to 0.984, so it is to the left.", "left"),
     ("count", "I count 3 stars: three in all.", "3"),
+    ("colour", "The red one is a triangle; the blue one is a cross, so the cross is blue.", "blue"),
+    ("relation", 'The boxes say "red square: [0.328, 0.1, 0.578, 0.3]" and "circle: [0.641, 0.1, 0.984, 0.3]", '
+                 "so no, the red square is to the left of the circle.", "left"),
 ])
 def test_strict_matcher_accepts_one_value_stated_with_its_steps(kind, answer, expected):
     assert ev.is_correct(kind, answer, expected)

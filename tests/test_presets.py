@@ -172,7 +172,7 @@ def test_hub_preset_data_must_be_in_the_work_folder(tmp_path, monkeypatch):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("[]")
     (tmp_path / preset.data.image_folder).mkdir(parents=True)
-    assert course.training_data("colab")["images"] == tmp_path / "coco" / "train2017"
+    assert course.training_data("colab")["images"] == tmp_path / "coco" / "val2017"  # what prepare fetches
 
 
 def standin_preset(standins):

@@ -98,11 +98,15 @@ def check_conversation_pair(q, a, objs):
         A, B = (find(objs, *m) for m in named)
         expected = true_relation(A, B)
         assert expected is not None
-        said = [r for r in RELS if r in al]
+        step, _, verdict = al.rpartition(", so ")
+        # the step, when there is one, quotes both objects' box lines as the context writes them
+        quoted = re.findall(r'"([a-z ]+): \[([0-9., ]+)\]"', step)
+        assert not step or [name for name, _ in quoted] == [A.category, B.category], (q, a)
+        said = [r for r in RELS if r in verdict]
         assert said == [expected], (q, a, expected)
         if " or " not in ql and ql.startswith("is the"):
             asked = [r for r in RELS if r in ql]
-            assert al.startswith("yes") == (asked == [expected]) and al.startswith(("yes", "no")), (q, a)
+            assert verdict.startswith("yes") == (asked == [expected]) and verdict.startswith(("yes", "no")), (q, a)
             return "relation yes/no"
         return "relation " + ("left/right" if "left" in expected or "right" in expected else "above/below")
     if any(k in ql for k in ("how big", "what size", "small, medium or large")):
@@ -138,7 +142,12 @@ def check_conversation_pair(q, a, objs):
         shape = [s for s in SHAPES if s in tokens(ql)][0]
         hits = [o for o in objs if o.shape == shape]
         assert len(hits) == 1
-        assert [c for c in COLOURS if c in tokens(al)] == [hits[0].color], (q, a)
+        step, _, verdict = al.rpartition(", so ")
+        assert [c for c in COLOURS if c in tokens(verdict)] == [hits[0].color], (q, a)
+        # the step scans real objects and stops at the asked shape
+        scanned = re.findall(r"the (" + "|".join(COLOURS) + r") one is an? (" + "|".join(SHAPES) + r")\b", step)
+        assert all(any((o.color, o.shape) == pair for o in objs) for pair in scanned), (q, a)
+        assert not step or scanned[-1] == (hits[0].color, shape), (q, a)
         return "colour"
     if "shape" in ql:
         colour = [c for c in COLOURS if c in tokens(ql)][0]
@@ -413,14 +422,16 @@ def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
         turns = r["conversations"]
         for q, a in zip(turns[::2], turns[1::2]):
             q, a = q["value"].replace("<image>", "").strip(), a["value"]
-            if " spans " in a:  # a relation from the boxes: the extents it compares, then the world's rule
-                m = re.match(r"The (.+?) spans ([xy]) ([\d.]+) to ([\d.]+) and the (.+?) ([\d.]+) to ([\d.]+), so the "
+            if a.startswith("The boxes say"):  # a relation from the boxes: both lines quoted, then the rule
+                m = re.match(r'The boxes say "(.+?): \[(.+?)\]" and "(.+?): \[(.+?)\]", so (?:yes, |no, )?the '
                              r"(.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
                 assert m, a
-                centre_a, centre_b = (float(m[3]) + float(m[4])) / 2, (float(m[6]) + float(m[7])) / 2
-                A, B = find(objs, *mentions(m[1])[0]), find(objs, *mentions(m[5])[0])
-                assert world_relation(_centre(A), _centre(B)) == m[9], a
-                assert (centre_a < centre_b) == (m[9] in ("to the left of", "above")), a
+                box_a, box_b = ([float(v) for v in m[k].split(", ")] for k in (2, 4))
+                A, B = find(objs, *mentions(m[5])[0]), find(objs, *mentions(m[7])[0])
+                assert (m[1], m[3]) == (A.category, B.category), a
+                assert world_relation(_centre(A), _centre(B)) == m[6], a
+                centre = lambda b: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)  # the quoted lines settle it too
+                assert world_relation(centre(box_a), centre(box_b)) == m[6], a
                 kinds["relation from boxes"] += 1
             else:
                 kinds[check_conversation_pair(q, a, objs)] += 1

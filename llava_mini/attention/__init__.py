@@ -6,7 +6,7 @@ from llava_mini.attention.extract import (  # noqa: F401
 )
 from llava_mini.attention.grounding import (  # noqa: F401
     square_box, box_coverage, grounding_score, grounding_by_layer, attention_rollout, GroundingQuestion,
-    grounding_questions, GroundingResult, answer_word_token, run_grounding, summarize_grounding,
+    grounding_questions, coco_grounding_questions, GroundingResult, answer_word_token, run_grounding, summarize_grounding,
 )
 from llava_mini.attention.masking import (  # noqa: F401
     top_patches, mask_patches, mean_fill, masking_experiment, masking_example, interpret,

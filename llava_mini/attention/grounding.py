@@ -3,6 +3,7 @@ over the box's share of the image, per layer, over held-out one-object questions
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -10,7 +11,8 @@ import torch
 
 from llava_mini.attention.extract import AnswerAttention, inspect_answers, normalise_over_image, patch_grid
 from llava_mini.attention.extract import use_eager_attention
-from llava_mini.evaluate import extract_answer, is_correct, make_questions
+from llava_mini.english import article
+from llava_mini.evaluate import conclusion, extract_answer, is_correct, make_questions
 
 
 def square_box(bbox: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
@@ -97,6 +99,21 @@ def grounding_questions(records, n: int = 150, seed: int = 0, kinds: Sequence[st
     return out
 
 
+def coco_grounding_questions(records, n: int = 150) -> list[GroundingQuestion]:
+    """Grounding questions for COCO images, which have no colour or shape to ask about: "Is there a <category> in
+    the image?" (expected "yes"; kind "existence"), about the largest object whose category has one box in the
+    image (not a crowd), so the box is what the question names. One per image, up to ``n``."""
+    out = []
+    for record in records:
+        boxes = Counter(o.category for o in record.objects)
+        single = [o for o in record.objects if boxes[o.category] == 1 and not o.iscrowd]
+        if single and len(out) < n:
+            obj = max(single, key=lambda o: o.bbox[2] * o.bbox[3])
+            out.append(GroundingQuestion(record, f"Is there {article(obj.category)} in the image?", "yes", "existence",
+                                         obj.category, tuple(obj.bbox)))
+    return out
+
+
 @dataclass
 class GroundingResult:
     """One question's answer, whether it was right, where it looked, and its per-layer score."""
@@ -122,11 +139,14 @@ class GroundingResult:
 
 
 def answer_word_token(attention: AnswerAttention, kind: str) -> int | None:
-    """Index of the answer token that first names a ``kind`` word (notebook 04's ``extract_answer``), or None:
-    "The star is red." -> " red", the token that carries the answer. A word in several pieces: its first."""
+    """Index of the answer token that first names a ``kind`` word in the answer's conclusion (notebook 04's
+    ``extract_answer``), or None: "The star is red." -> " red", the token that carries the answer; in "The blue
+    one is a cross, so the cross is blue." the second " blue". A word in several pieces: its first."""
     tokens = attention.answer_tokens
+    text = "".join(tokens)
+    start = len(text) - len(conclusion(text))  # the steps before it name other objects' colours
     for t in range(len(tokens)):
-        if extract_answer(kind, "".join(tokens[: t + 1])) is None:
+        if len(prefix := "".join(tokens[: t + 1])) <= start or extract_answer(kind, prefix[start:]) is None:
             continue
         # The term ends at token t; walk back over pieces glued to it ("pur" + "ple") to where it began.
         while t > 0 and tokens[t][:1].isalpha() and tokens[t - 1][-1:].isalpha():
@@ -136,7 +156,7 @@ def answer_word_token(attention: AnswerAttention, kind: str) -> int | None:
 
 
 def run_grounding(model, tokenizer, image_processor, questions: Sequence[GroundingQuestion],
-                  matcher: Callable[[str, str, str], bool] = is_correct, max_new_tokens: int = 12, batch_size: int = 32,
+                  matcher: Callable[[str, str, str], bool] = is_correct, max_new_tokens: int = 48, batch_size: int = 32,
                   progress: bool = False, system_prompt: str | None = None) -> list[GroundingResult]:
     """Answer every question, extract its attention, and score the grounding on the object's box. ``matcher``:
     notebook 04's by default; ``system_prompt``: the training one. Empty answers have no attention rows: left out."""

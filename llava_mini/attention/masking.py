@@ -45,7 +45,7 @@ def _ask_masked(model, tokenizer, image_processor, questions: Sequence[str], cle
 
 
 def masking_experiment(model, tokenizer, image_processor, results: Sequence[GroundingResult], ks: Sequence[int] = (4, 8),
-                       seed: int = 0, matcher: Callable[[str, str, str], bool] = is_correct, max_new_tokens: int = 12,
+                       seed: int = 0, matcher: Callable[[str, str, str], bool] = is_correct, max_new_tokens: int = 48,
                        batch_size: int = 32, system_prompt: str | None = None) -> dict:
     """Accuracy and answers changed with the object's box masked and, per k, the k most-attended vs k random
     patches (seeded); masked patches take the mean colour, which the model also sees as padding."""
@@ -70,7 +70,7 @@ def masking_experiment(model, tokenizer, image_processor, results: Sequence[Grou
 
 
 def masking_example(model, tokenizer, image_processor, result: GroundingResult, k: int = 4, seed: int = 0,
-                    system_prompt: str | None = None, max_new_tokens: int = 12) -> dict[str, tuple]:
+                    system_prompt: str | None = None, max_new_tokens: int = 48) -> dict[str, tuple]:
     """One question three ways, {name: (pixel_values (3, H, W), answer)}: as given, top k / k random (seeded) masked."""
     grid = patch_grid(model)
     random_patches = torch.randperm(grid[0] * grid[1], generator=torch.Generator().manual_seed(seed))[:k]

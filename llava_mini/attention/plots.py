@@ -11,6 +11,7 @@ from PIL import Image
 from llava_mini.attention.grounding import GroundingResult, square_box
 from llava_mini.attention.masking import masking_example
 from llava_mini.model import expand_to_square, mean_colour
+from llava_mini.evaluate import conclusion
 
 
 def model_view(image: Image.Image, image_processor) -> Image.Image:
@@ -78,7 +79,7 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
         view = model_view(image, image_processor)
         mark = "right" if r.correct else f"wrong, expected {q.expected}"
         overlay(row[0], view, torch.zeros(r.attention.grid), q.bbox, image.size, alpha=0, fontsize=7,
-                title="\n".join(textwrap.wrap(q.question, 30)) + f"\n-> {_short(r.answer, 28)!r}\n({mark})")
+                title="\n".join(textwrap.wrap(q.question, 30)) + f"\n-> {_short(conclusion(r.answer), 28)!r}\n({mark})")
         token = r.answer_token if answer_word else None
         scores = r.by_layer if token is None else r.by_layer_answer_token
         which = "all answer tokens" if token is None else f"token {r.attention.answer_tokens[token].strip()!r}"
@@ -104,7 +105,7 @@ def plot_token_layers(result: GroundingResult, image_processor, path=None, title
             overlay(axes[layer, t], view, att.grid_map(layer=layer, token=t), result.question.bbox, image.size, fontsize=7,
                     title=(f"{att.answer_tokens[t]!r}  " if layer == 0 else "") + f"img {float(share[layer, t]):.0%}")
         axes[layer, 0].set_ylabel(f"layer {layer}", fontsize=8)
-    fig.suptitle(title or f"{result.question.question} -> {_short(att.answer_text, 60)!r}", fontsize=9)
+    fig.suptitle(title or f"{result.question.question} -> {_short(conclusion(att.answer_text), 60)!r}", fontsize=9)
     return _finish(fig, path, (0, 0, 1, 0.96))
 
 
@@ -172,7 +173,7 @@ def plot_masking(report: dict, path=None, title: str | None = None):
 
 
 def plot_masking_example(model, tokenizer, image_processor, result: GroundingResult, k: int = 4, seed: int = 0,
-                         path=None, system_prompt: str | None = None, max_new_tokens: int = 12):
+                         path=None, system_prompt: str | None = None, max_new_tokens: int = 48):
     """The attention map, then ``masking_example``'s three versions, each titled with the model's answer."""
     versions = masking_example(model, tokenizer, image_processor, result, k, seed, system_prompt, max_new_tokens)
     fig, axes = plt.subplots(1, len(versions) + 1, figsize=(2.9 * (len(versions) + 1), 3.1))
@@ -182,6 +183,6 @@ def plot_masking_example(model, tokenizer, image_processor, result: GroundingRes
     for ax, (name, (pixel_values, answer)) in zip(axes[1:], versions.items()):
         ax.imshow(pixels_to_image(pixel_values, image_processor), interpolation="nearest")
         ax.set(xticks=[], yticks=[])
-        ax.set_title(f"{name}\n-> {_short(answer, 28)!r}", fontsize=8)
+        ax.set_title(f"{name}\n-> {_short(conclusion(answer), 28)!r}", fontsize=8)  # the verdict, not its steps
     fig.suptitle(f"{result.question.question}  (expected: {result.question.expected})", fontsize=9)
     return _finish(fig, path)

@@ -41,7 +41,11 @@ def build_language_model(out_dir: Path, recipe: BackboneRecipe, device: str, log
     documents = [" ".join(caps) for caps in captions[:split]]
     records, contexts = text_scene_records(scenes[:split], captions[:split], config, recipe.seed, recipe.lm_drills)
     chats = [with_context(r, contexts[r["image"]]) for r in records]
-    tokenizer = train_tokenizer(documents + [render_chat(m) for m in chats] + [INSTRUCTION_WORDS], recipe.vocab_size)
+    if recipe.lm_init:  # continue training an LM on the current corpus (e.g. after the teacher's answers changed)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(Path(recipe.lm_init) / "tokenizer")
+    else:
+        tokenizer = train_tokenizer(documents + [render_chat(m) for m in chats] + [INSTRUCTION_WORDS], recipe.vocab_size)
     docs = [ids + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]]
     examples = [(ids, ids) for ids in docs] + [answer_labels(tokenizer, m, r["id"]) for m, r in zip(chats, records)]
     random.Random(recipe.seed).shuffle(examples)
@@ -50,7 +54,9 @@ def build_language_model(out_dir: Path, recipe: BackboneRecipe, device: str, log
               "tokens": int((rows != tokenizer.pad_token_id).sum()), "learned_tokens": int((labels != -100).sum()),
               "seconds": round(time.time() - t0, 1)}
     log(json.dumps({"lm_corpus": corpus}))
-    t0, lm = time.time(), make_lm(recipe, tokenizer)
+    t0 = time.time()
+    lm = (AutoModelForCausalLM.from_pretrained(Path(recipe.lm_init) / "lm", dtype=torch.float32) if recipe.lm_init
+          else make_lm(recipe, tokenizer))
     tokenizer.save_pretrained(out_dir / "snapshots" / "tokenizer")  # snapshots are LMs beside it: ask them on val
 
     def snapshot(step: int):

@@ -42,6 +42,7 @@ class BackboneRecipe:
     lm_drills: int = 2            # drill chats (teacher.write_drill) per scene, beside the three response types
     lm_answer_tokens: int = 64    # longest answer when the build measures the text reference
     lm_test_scenes: int = 300
+    lm_init: str = ""             # a backbones folder (tokenizer/, lm/) to continue from, instead of a new LM
     # wall-clock budgets (train_in_budget cuts the step count to fit them), so one recipe runs on a CPU or a GPU
     vision_minutes: float = 25.0
     lm_minutes: float = 85.0   # the CPU build; a GPU finishes lm_steps long before

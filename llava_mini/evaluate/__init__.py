@@ -4,11 +4,14 @@ run (the model answers), report, plots, judge (an LLM judge) and binding (the bi
 from llava_mini.evaluate.binding import (  # noqa: F401
     DIRECTIONS, patch_tokens, binding_questions, AttentionRead, BindingResult, fit_attention_read, binding_probe,
 )
-from llava_mini.evaluate.descriptions import mentioned_objects, score_description, description_metrics  # noqa: F401
+from llava_mini.evaluate.descriptions import (  # noqa: F401
+    mentioned_objects, score_description, description_metrics, COCO_WORDS_FILE, coco_terms, coco_mentions,
+    score_coco_description,
+)
 from llava_mini.evaluate.judge import (  # noqa: F401
     JUDGE_SYSTEM, JUDGE_RUBRIC, judge_messages, parse_judge_scores, judge_items, judge_answers,
 )
-from llava_mini.evaluate.matching import normalize, TERMS, scan_terms, extract_answer, is_correct  # noqa: F401
+from llava_mini.evaluate.matching import normalize, TERMS, scan_terms, conclusion, extract_answer, is_correct  # noqa: F401
 from llava_mini.evaluate.matching import answer_terms, is_correct_lenient  # noqa: F401
 from llava_mini.evaluate.plots import plot_comparison  # noqa: F401
 from llava_mini.evaluate.questions import (  # noqa: F401
@@ -19,5 +22,5 @@ from llava_mini.evaluate.report import (  # noqa: F401
 )
 from llava_mini.evaluate.run import (  # noqa: F401
     blank_image, prepare_images, generate_answers, chat, score_answers, accuracy_by_kind, evaluate_text_scene,
-    evaluate_model,
+    evaluate_model, describe_images, evaluate_coco,
 )

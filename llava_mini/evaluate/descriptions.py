@@ -3,14 +3,23 @@ small red circle" -> red circle; a bare "the star" -> star, any colour); a menti
 object of the image fits it. CHAIR_i = hallucinated mentions / all mentions, CHAIR_s = share of descriptions
 with a hallucination, recall = share of ground-truth objects whose colour + shape is mentioned. Negations
 ("there is no ...") are not understood and count as mentions.
+
+On COCO, as CHAIR was defined, a mention is a category named by one of its words (data/coco/chair_words.json),
+and it is hallucinated when the image has no box of that category and no caption naming it.
 """
 
+from functools import lru_cache
 from itertools import takewhile
+from pathlib import Path
 from typing import Sequence
 
 from llava_mini.english import plural
 from llava_mini.evaluate.matching import TERMS, normalize, scan_terms
-from llava_mini.world import WorldObject
+from llava_mini.files import FileFormatError, read_json
+from llava_mini.paths import DATA_DIR
+from llava_mini.world import ImageRecord, WorldObject
+
+COCO_WORDS_FILE = DATA_DIR / "coco" / "chair_words.json"
 
 _SIZE_WORDS = {"small", "medium", "large", "big", "tiny", "little", "sized", "huge", "mid"}
 # Shape terms that name an object (adjectives such as "round" do not, in a description).
@@ -63,3 +72,37 @@ def description_metrics(scores: Sequence[dict]) -> dict:
             "shape_recall": ratio(sum(s["shapes_recalled"] for s in scores), n_objects),
             "chair_i": ratio(n_halluc, n_mentions), "chair_s": ratio(n_with_halluc, len(scores)),
             "descriptions": len(scores), "mentions": n_mentions, "hallucinations": n_halluc, "objects": n_objects}
+
+
+@lru_cache(maxsize=None)
+def coco_terms(path: str | Path = COCO_WORDS_FILE) -> dict[tuple[str, ...], str]:
+    """``scan_terms``' table for COCO: each word of {"categories": {category: [words]}} and its regular plural
+    (word tuple) -> category. A file without that mapping, or a word under two categories, raises naming it."""
+    categories = read_json(path).get("categories")
+    if not isinstance(categories, dict):
+        raise FileFormatError(f"{path}: expected {{'categories': {{category name: [words]}}}}")
+    pairs = [(category, tuple(normalize(word))) for category, words in categories.items() for word in words]
+    terms: dict[tuple[str, ...], str] = {}
+    for category, word in pairs:
+        if terms.setdefault(word, category) != category:
+            raise FileFormatError(f"{path}: {' '.join(word)!r} is listed under {terms[word]!r} and {category!r}")
+    for category, word in pairs:  # then the plurals, which never displace a listed word
+        terms.setdefault((*word[:-1], plural(word[-1])), category)
+    return terms
+
+
+def coco_mentions(text: str) -> list[str]:
+    """The COCO categories a text names, in order, once each: "Two men ride a bus past a hot dog stand." ->
+    ["person", "bus", "hot dog"]."""
+    return list(dict.fromkeys(category for _, _, category in scan_terms(normalize(text), coco_terms())))
+
+
+def score_coco_description(description: str, record: ImageRecord) -> dict:
+    """One description of a COCO image, in ``score_description``'s form: "mentioned" (categories), "hallucinated"
+    (neither boxed in the image nor named by one of its captions: CHAIR's ground truth), "objects" (categories
+    boxed), "recalled" (of those, mentioned; "shapes_recalled" the same: COCO has no colour to miss)."""
+    mentions, boxed = coco_mentions(description), {o.category for o in record.objects}
+    present = boxed | {c for caption in record.captions for c in coco_mentions(caption)}
+    recalled = len(boxed & set(mentions))
+    return {"mentioned": mentions, "hallucinated": [m for m in mentions if m not in present], "objects": len(boxed),
+            "recalled": recalled, "shapes_recalled": recalled}

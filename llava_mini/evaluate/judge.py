@@ -40,9 +40,10 @@ def parse_judge_scores(text: str) -> tuple[float, float] | None:
 
 
 def judge_items(result: dict, records: Sequence[ImageRecord], max_per_kind: int = 10, seed: int = 0,
-                detail_reference: bool = True) -> list[dict]:
+                detail_reference: bool = True, reference=None) -> list[dict]:
     """Items for ``judge_answers`` from an ``evaluate_model`` result: up to ``max_per_kind`` answers of each kind
-    (reference: the ground-truth sentence) and descriptions ("detail"; reference: the symbolic teacher's)."""
+    (reference: the ground-truth sentence) and descriptions ("detail"; reference: what ``reference``, default the
+    symbolic teacher, writes told the scene as text, as LLaVA-Bench's text-only GPT-4 did)."""
     context = {r.image_id: context_text(r, boxes=True) for r in records}
     rng = random.Random(f"{seed}:judge")
     items = []
@@ -52,7 +53,7 @@ def judge_items(result: dict, records: Sequence[ImageRecord], max_per_kind: int 
                    "context": context[a["image_id"]], "image_id": a["image_id"]}
                   for a in rng.sample(rows, min(max_per_kind, len(rows)))]
     if detail_reference and result.get("description"):
-        teacher = SymbolicTeacher(seed)
+        teacher = reference or SymbolicTeacher(seed)
         items += [{"kind": "detail", "question": d["instruction"], "answer": d["description"],
                    "reference": teacher.complete(build_messages("detail", context[d["image_id"]])),
                    "context": context[d["image_id"]], "image_id": d["image_id"]}

@@ -7,6 +7,9 @@ kind. "The circle is coloured left of three shapes: a large green triangle" is w
 circle?" (it names green, and no colour of the circle); "yes ... no", "left ... right" and "red, not blue" are
 wrong too. Wrong-but-plausible words ("pink") are terms: they make an answer wrong, not unscored. So a correct
 answer must stay on its question: "the star next to the blue square is red" is wrong for the star's colour.
+
+An answer that states its steps first ("The red one is a triangle; the blue one is a cross, so the cross is
+blue.") is scored on its conclusion, the text after its last ", so ": the steps name other objects by design.
 """
 
 import re
@@ -79,15 +82,21 @@ def answer_terms(kind: str, answer: str) -> list[str]:
 
 
 def extract_answer(kind: str, answer: str) -> str | None:
-    """The answer's value for ``kind``: the one value it names, None when it names none, or "a|b" (the values it
-    names, in order of mention) when it names several, which ``is_correct`` scores as wrong."""
-    values = list(dict.fromkeys(answer_terms(kind, answer)))
+    """The value for ``kind`` of the answer's conclusion: the one value it names, None when it names none, or
+    "a|b" (the values it names, in order of mention) when it names several, which ``is_correct`` scores as wrong."""
+    values = list(dict.fromkeys(answer_terms(kind, conclusion(answer))))
     return "|".join(values) if values else None
 
 
+def conclusion(answer: str) -> str:
+    """The verdict of an answer that gives its steps first: the text after the last ", so " (else all of it)."""
+    return answer.rpartition(", so ")[2]
+
+
 def is_correct(kind: str, answer: str, expected: str) -> bool:
-    """True iff ``answer`` names ``expected`` and no other value of ``kind`` (strict; see the module docstring)."""
-    return set(answer_terms(kind, answer)) == {expected}
+    """True iff the answer's conclusion names ``expected`` and no other value of ``kind`` (strict; see the
+    module docstring)."""
+    return set(answer_terms(kind, conclusion(answer))) == {expected}
 
 
 def is_correct_lenient(kind: str, answer: str, expected: str) -> bool:

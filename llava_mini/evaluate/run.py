@@ -5,6 +5,7 @@ language prior ("yes" to every existence question...), and ``gap_closed`` is the
 """
 
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -12,12 +13,13 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
-from llava_mini.evaluate.descriptions import description_metrics, score_description
+from llava_mini.evaluate.descriptions import description_metrics, score_coco_description, score_description
+from llava_mini.evaluate.judge import judge_answers, judge_items
 from llava_mini.evaluate.matching import extract_answer, is_correct, is_correct_lenient
 from llava_mini.evaluate.questions import KINDS, Question, make_questions, scene_objects
 from llava_mini.model import build_prompt, decode, generate_ids, image_to_pixel_values, load_image, mean_colour
 from llava_mini.model import render_ids
-from llava_mini.teacher import DETAILED_INSTRUCTIONS
+from llava_mini.teacher import DETAILED_INSTRUCTIONS, TeacherError, teacher_from_env
 from llava_mini.train import unwrap
 from llava_mini.world import ImageRecord, context_text
 
@@ -131,14 +133,43 @@ def evaluate_model(model, tokenizer, image_processor, records: Sequence[ImageRec
     result = {**accuracy_by_kind(rows), "answers": rows, "blind": blind, "settings": settings, "description": None}
 
     if described:
-        rng = random.Random(f"{seed}:describe")
-        instructions = [rng.choice(DETAILED_INSTRUCTIONS) for _ in described]
-        texts = generate_answers(model, tokenizer, image_processor,
-                                 [(images[r.image_id], ins) for r, ins in zip(described, instructions)],
-                                 max_new_tokens=description_max_new_tokens, desc="descriptions", **common)
-        scores = [score_description(t, scene_objects(r)) for t, r in zip(texts, described)]
-        result["description"] = {**description_metrics(scores), "items": [
-            {"image_id": r.image_id, "instruction": ins, "description": t, **s}
-            for r, ins, t, s in zip(described, instructions, texts, scores)]}
+        result["description"] = describe_images(
+            model, tokenizer, image_processor, described, images, lambda text, r: score_description(text, scene_objects(r)),
+            seed, description_max_new_tokens, **common)
         settings["description_max_new_tokens"] = description_max_new_tokens
     return result
+
+
+def describe_images(model, tokenizer, image_processor, records: Sequence[ImageRecord], images: dict, score,
+                    seed: int = 0, max_new_tokens: int = 160, **common) -> dict:
+    """Each record's image (``images``: image id -> PIL image) described on a seeded detailed-description
+    instruction and scored by ``score(text, record)`` (a ``score_description`` dict): description_metrics + "items"."""
+    rng = random.Random(f"{seed}:describe")
+    instructions = [rng.choice(DETAILED_INSTRUCTIONS) for _ in records]
+    texts = generate_answers(model, tokenizer, image_processor,
+                             [(images[r.image_id], ins) for r, ins in zip(records, instructions)],
+                             max_new_tokens=max_new_tokens, desc="descriptions", **common)
+    scores = [score(t, r) for t, r in zip(texts, records)]
+    return {**description_metrics(scores), "items": [{"image_id": r.image_id, "instruction": ins, "description": t, **s}
+                                                     for r, ins, t, s in zip(records, instructions, texts, scores)]}
+
+
+def evaluate_coco(model, tokenizer, image_processor, records: Sequence[ImageRecord], n_descriptions: int = 100,
+                  seed: int = 0, judge=None, max_new_tokens: int = 160, batch_size: int = 16,
+                  system_prompt: str | None = None, progress: bool = False) -> dict:
+    """Notebook 04 on held-out COCO images (``course.coco_subsets(preset)["test"]``): the first ``n_descriptions``
+    described and scored with CHAIR over COCO's object names (``score_coco_description``), then rated by the LLM
+    judge where one is configured (``judge``, default ``teacher_from_env()``), which also writes the reference
+    descriptions. Returns {"description": description_metrics + "items", "judge": judge_answers or None}."""
+    described = list(records)[:n_descriptions]
+    images = {r.image_id: r.load_image() for r in described}
+    description = describe_images(model, tokenizer, image_processor, described, images, score_coco_description, seed,
+                                  max_new_tokens, batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    judge = teacher_from_env() if judge is None else judge
+    try:  # no judge: judge_answers says so and gives None; a judge that fails must not cost the CHAIR numbers
+        items = judge_items({"answers": [], "description": description}, described, len(described), seed,
+                            reference=judge) if judge is not None else []
+        return {"description": description, "judge": judge_answers(items, judge)}
+    except TeacherError as e:
+        print(f"LLM judge failed: {e}", file=sys.stderr)
+        return {"description": description, "judge": None}

@@ -17,7 +17,7 @@ from llava_mini.teacher.reading import SIZE_RANK, SceneReading, read_context, si
 from llava_mini.teacher.reasoning import write_reasoning
 from llava_mini.teacher.records import make_record
 from llava_mini.teacher.responses import format_qa
-from llava_mini.world import OPPOSITE, context_text, relation, unique_name
+from llava_mini.world import OPPOSITE, box_text, context_text, relation, unique_name
 
 # What the teacher asks "is there a ...?" about when a thing is absent: the everyday colours and shapes.
 _COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -38,7 +38,15 @@ class _Dialogue:
         q = self.pick([f"What colour is the {s}?", f"What color is the {s}?", f"Which colour does the {s} have?",
                        f"What is the colour of the {s} in the picture?", f"Can you tell me what color the {s} is?",
                        f"The {s} in this image is what colour?"])
-        return "colour", q, self.pick([f"The {s} is {c}.", f"It is {c}.", f"The {s} is coloured {c}."])
+        labels = [label.split() for label, _ in self.r.boxes]
+        if not labels or any(len(words) != 2 for words in labels):  # no box lines to scan: the short answer
+            return "colour", q, self.pick([f"The {s} is {c}.", f"It is {c}.", f"The {s} is coloured {c}."])
+        # The box lines in order, up to the asked shape, then the verdict. Each step copies a label forward
+        # ("red triangle" -> "the red one is a triangle"), the look-up a small LM does well; the direct answer
+        # needs the colour *before* the named shape, which the stand-in LM does not learn (#11's probes).
+        steps = [f"the {colour} one is {article(shape)}" for colour, shape in labels]
+        steps = steps[:[shape for _, shape in labels].index(s) + 1]
+        return "colour", q, f"{capitalize('; '.join(steps))}, so the {s} is {c}."
 
     def shape(self):  # of a colour that occurs once
         colours = [o.color for o in self.objs]
@@ -109,11 +117,12 @@ class _Dialogue:
         named = [(unique_name(self.objs, i), rel, unique_name(self.objs, j), i, j) for i, rel, j in facts if rel]
         options = [fact for a, rel, b, i, j in named if a and b for fact in ((a, rel, b, i, j), (b, OPPOSITE[rel], a, j, i))]
         a, rel, b, i, j = self.pick(options)
-        answer, style = f"The {a} is {rel} the {b}.", self.rng.random()
+        # With boxes the step first: both box lines quoted as the context writes them (a verbatim copy, which a
+        # small LM does reliably, unlike picking single numbers out of a line), then the verdict.
+        step, style = "", self.rng.random()
         if boxed:
-            axis = 0 if rel.startswith("to the") else 1
-            (a1, a2), (b1, b2) = ((f"{o.box[axis]:.3f}", f"{o.box[axis + 2]:.3f}") for o in (self.objs[i], self.objs[j]))
-            answer = f"The {a} spans {'xy'[axis]} {a1} to {a2} and the {b} {b1} to {b2}, so the {a} is {rel} the {b}."
+            step = "The boxes say {} and {}, so ".format(*(f'"{box_text(self.objs[k].category, self.objs[k].box)}"' for k in (i, j)))
+        answer = f"{step}the {a} is {rel} the {b}." if step else f"The {a} is {rel} the {b}."
         if style < 0.55:
             if rel in ("to the left of", "to the right of"):
                 q = self.pick([f"Is the {a} to the left or to the right of the {b}?",
@@ -122,7 +131,8 @@ class _Dialogue:
                 q = self.pick([f"Is the {a} above or below the {b}?", f"Is the {a} higher or lower than the {b}?"])
         elif style < 0.8:
             asked = rel if self.rng.random() < 0.5 else OPPOSITE[rel]
-            q, answer = f"Is the {a} {asked} the {b}?", f"{'Yes' if asked == rel else 'No'}, the {a} is {rel} the {b}."
+            verdict = f"{'yes' if asked == rel else 'no'}, the {a} is {rel} the {b}."
+            q, answer = f"Is the {a} {asked} the {b}?", step + verdict if step else capitalize(verdict)
         else:
             q = self.pick([f"Where is the {a} relative to the {b}?", f"How is the {a} placed compared with the {b}?"])
         return "relation", q, answer
@@ -167,9 +177,9 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
     return format_qa([(q, a) for _, q, a in made])
 
 
-# The drill's mix: the held-out question kinds, relations and near-miss existence weighted up (they need the
-# most practice); the stand-in LM reads many of these with the scene as text before it ever sees an image.
-DRILL_WEIGHTS = {"relation": 3.0, "exists": 3.0, "colour": 2.0, "shape": 2.0, "count_all": 1.0, "count_shape": 1.0}
+# The drill's mix: the held-out question kinds, relations and colours weighted up (the kinds the text reference
+# failed most); the stand-in LM reads many of these with the scene as text before it ever sees an image.
+DRILL_WEIGHTS = {"relation": 4.0, "colour": 4.0, "exists": 2.0, "shape": 1.0, "count_all": 0.5, "count_shape": 0.5}
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,

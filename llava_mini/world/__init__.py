@@ -18,7 +18,7 @@ from llava_mini.world.shapes import (  # noqa: F401
     sample_scene, render_scene,
 )
 from llava_mini.world.stats import world_statistics  # noqa: F401
-from llava_mini.world.symbolic import normalized_box, box_line, context_text  # noqa: F401
+from llava_mini.world.symbolic import normalized_box, box_line, box_text, context_text  # noqa: F401
 from llava_mini.world.writer import (  # noqa: F401
     IDS_PER_SPLIT, image_id_for, scene_with_captions, scene_for, generate_world,
 )

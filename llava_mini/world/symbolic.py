@@ -15,8 +15,13 @@ def normalized_box(obj: ObjectAnnotation, width: int, height: int) -> tuple[floa
     return tuple(min(1.0, max(0.0, v / side)) for v, side in zip(obj.corners, (width, height, width, height)))
 
 
+def box_text(label: str, box: tuple[float, float, float, float]) -> str:
+    """'red circle: [0.125, 0.250, 0.469, 0.594]' from a normalised box (the teacher quotes lines in this form)."""
+    return f"{label}: [{', '.join(f'{v:.3f}' for v in box)}]"
+
+
 def box_line(obj: ObjectAnnotation, width: int, height: int) -> str:
-    return f"{obj.category}: [{', '.join(f'{v:.3f}' for v in normalized_box(obj, width, height))}]"
+    return box_text(obj.category, normalized_box(obj, width, height))
 
 
 def context_text(record: ImageRecord, boxes: bool = True) -> str:

@@ -95,7 +95,8 @@ def check_conversation_pair(q, a, objs):
     ql, al = q.lower(), a.lower()
     named = mentions(q)
     if any(k in ql for k in ("left", "right", "above", "below", "higher", "relative", "compared")) and len(named) == 2:
-        A, B = (find(objs, *m) for m in named)
+        # "Compared with the B, is the A ...?" names the reference object first
+        A, B = (find(objs, *m) for m in (named[::-1] if ql.startswith("compared with") else named))
         expected = true_relation(A, B)
         assert expected is not None
         step, _, verdict = al.rpartition(", so ")

@@ -124,11 +124,14 @@ class _Dialogue:
             step = "The boxes say {} and {}, so ".format(*(f'"{box_text(self.objs[k].category, self.objs[k].box)}"' for k in (i, j)))
         answer = f"{step}the {a} is {rel} the {b}." if step else f"The {a} is {rel} the {b}."
         if style < 0.55:
+            # Some name the reference object first: the answer still speaks of the {a} they ask about.
             if rel in ("to the left of", "to the right of"):
                 q = self.pick([f"Is the {a} to the left or to the right of the {b}?",
-                               f"Is the {a} on the left or the right of the {b}?"])
+                               f"Is the {a} on the left or the right of the {b}?",
+                               f"Compared with the {b}, is the {a} on the left or the right?"])
             else:
-                q = self.pick([f"Is the {a} above or below the {b}?", f"Is the {a} higher or lower than the {b}?"])
+                q = self.pick([f"Is the {a} above or below the {b}?", f"Is the {a} higher or lower than the {b}?",
+                               f"Compared with the {b}, is the {a} higher or lower?"])
         elif style < 0.8:
             asked = rel if self.rng.random() < 0.5 else OPPOSITE[rel]
             verdict = f"{'yes' if asked == rel else 'no'}, the {a} is {rel} the {b}."
@@ -179,7 +182,7 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
 
 # The drill's mix: the held-out question kinds, relations and colours weighted up (the kinds the text reference
 # failed most); the stand-in LM reads many of these with the scene as text before it ever sees an image.
-DRILL_WEIGHTS = {"relation": 4.0, "colour": 4.0, "exists": 2.0, "shape": 1.0, "count_all": 0.5, "count_shape": 0.5}
+DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "count_all": 0.5, "count_shape": 0.5}
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,

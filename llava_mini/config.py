@@ -58,6 +58,13 @@ class TrainConfig:
     lora_targets: str | list[str] = "all-linear"   # peft's "all-linear" skips the output layer (lm_head)
     qlora: bool = False                   # the LM was loaded in 4-bit (see qlora_quantization_config)
     gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
+    checkpoint_every: int = 1             # with checkpointing, only every n-th LM layer (the rest keep theirs)
+    # The labelled-only loss computes at most this many LM-head logits at once (rows = this // vocabulary; 2**26:
+    # 256 MiB in fp32, 441 rows of a 152K vocabulary, more than the tiny preset ever has); None: all at once.
+    loss_chunk_logits: int | None = 2 ** 26
+    # The vision tower is frozen in both stages, so each image's features are computed once and reused (kept
+    # in host RAM, N x D_vision per distinct image; keyed by the pixels, so an augmented image is a new one).
+    cache_image_features: bool = False
     precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
     group_by_length: bool = True          # batch examples of similar length together (less padding)
     # Stage-2 data: how often each record of a response type appears in the stream ({"conversation": 3};
@@ -74,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.checkpoint_every < 1 or (self.loss_chunk_logits is not None and self.loss_chunk_logits < 1):
+            raise ValueError("checkpoint_every and loss_chunk_logits must be positive")
         if self.qlora and self.stage != 2:
             raise ValueError("qlora applies to stage 2 (stage 1 trains only the projector)")
 
@@ -163,8 +172,10 @@ class Preset:
                          self.evaluation)
 
 
-# Settings that say where and how visibly a run goes, not what it learns: not part of the reuse key.
-NOT_IN_KEY = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints"}
+# Settings that say where and how visibly a run goes, not what it learns: not part of the reuse key
+# (nor the exact speed / memory options: they change the weights by rounding only).
+NOT_IN_KEY = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints", "checkpoint_every",
+              "loss_chunk_logits", "cache_image_features"}
 
 
 @dataclass

@@ -21,11 +21,15 @@ def bench():
 def test_toy_run_writes_both_routes_with_matching_losses(tmp_path):
     out = tmp_path / "bench.json"
     # one thread: on a busy 2-core machine two threads per process spin-wait each other
+    # one variant of ours: the head in chunks of 4 rows (4 x 512 logits), each image's features computed once
     subprocess.run([sys.executable, str(SCRIPT), "--shape", "toy", "--steps", "2", "--threads", "1", "--cpu",
+                    "--image-reuse", "2", "--variant", "loss_chunk_logits=2048,cache_image_features=true",
                     "--out", str(out)], check=True, capture_output=True, text=True)
     report = json.loads(out.read_text())
     assert [run["gradient_checkpointing"] for run in report["runs"]] == [False, True]
     assert report["settings"]["precision"] == "fp32" and report["settings"]["lora_dropout"] > 0
+    sdpa = {"vision": "sdpa", "lm": "sdpa"}  # the default kernel of both towers, on both routes
+    assert report["settings"]["attention"] == {"ours": sdpa, "standard": sdpa}
     for run in report["runs"]:
         ours, standard = run["ours"], run["standard"]
         for route in (ours, standard):
@@ -37,6 +41,10 @@ def test_toy_run_writes_both_routes_with_matching_losses(tmp_path):
         assert 5.0 < ours["losses"][0] < 7.5
         assert ours["losses"] == pytest.approx(standard["losses"], abs=1e-4)
         assert run["max_loss_difference"] <= report["tolerance"]
+        (variant,) = run["variants"]
+        assert variant["changes"] == {"loss_chunk_logits": 2048, "cache_image_features": True}
+        assert variant["ours"]["steps"] == ours["steps"] and variant["speed_vs_ours"] > 0
+        assert variant["ours"]["losses"] == pytest.approx(standard["losses"], abs=1e-4)
     assert set(report["versions"]) >= {"torch", "transformers", "peft"} and report["machine"]["cpu_count"] > 0
 
 
@@ -66,6 +74,15 @@ def test_layers_cut_both_towers_and_bad_shapes_are_named(bench, tmp_path):
         bench.load_shape(str(bad))
     with pytest.raises(SystemExit, match="no such shape file"):
         bench.load_shape("nonexistent")
+
+
+def test_variants_parse_as_json_and_name_what_they_cannot_change(bench):
+    assert bench.parse_variant("loss_chunk_logits=null,checkpoint_every=2,precision=bf16") == {
+        "loss_chunk_logits": None, "checkpoint_every": 2, "precision": "bf16"}
+    with pytest.raises(SystemExit, match="TrainConfig has no"):
+        bench.parse_variant("loss_chunk=1")
+    with pytest.raises(SystemExit, match="set by the benchmark"):
+        bench.parse_variant("gradient_checkpointing=true")
 
 
 def test_compare_refuses_runs_on_different_batches_or_targets(bench):

@@ -1,8 +1,12 @@
 """Tests for llava_mini.model with tiny random towers saved to tmp folders (no hub, no downloads)."""
 
+import weakref
+
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -121,6 +125,88 @@ def test_labelled_only_head_equals_full_logits_loss_and_gradients(tokenizer, pro
     model = make_model(tokenizer, projector_type)
     summed = model(**batch, num_items_in_batch=1).loss
     torch.testing.assert_close(summed / n_labelled, fast.loss, atol=1e-5, rtol=0)
+
+
+def loss_and_grads(model, batch, **kwargs):
+    model.zero_grad()
+    loss = model(**batch, **kwargs).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+class LiveLogits(TorchDispatchMode):
+    """The most rows of (rows, V) tensors alive at once, after any op of forward or backward. Counted by storage
+    (autograd saves an op's output as a new tensor over the same storage), parameters' storages left out."""
+
+    def __init__(self, vocabulary: int, parameters):
+        super().__init__()
+        self.vocabulary, self.params = vocabulary, {p.untyped_storage().data_ptr() for p in parameters}
+        self.storages, self.most = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == self.vocabulary:
+                storage = x.untyped_storage()
+                if storage.data_ptr() not in self.params:
+                    rows = storage.nbytes() // (x.element_size() * self.vocabulary)
+                    self.storages[storage.data_ptr()] = (weakref.ref(storage), rows)
+        self.most = max(self.most, sum(rows for ref, rows in self.storages.values() if ref() is not None))
+        return out
+
+
+def test_chunked_head_gives_the_same_loss_and_gradients_with_one_chunk_of_logits_alive(tokenizer, processor):
+    batch, model = make_batch(tokenizer, processor), make_model(tokenizer)
+    model.train()
+    model.get_output_embeddings().requires_grad_(False)  # frozen in both stages (LoRA leaves lm_head alone)
+    vocabulary, labelled = len(tokenizer), int((batch["labels"][:, 1:] != -100).sum())
+    with LiveLogits(vocabulary, model.parameters()) as whole_logits:
+        whole, whole_grads = loss_and_grads(model, batch)
+    with LiveLogits(vocabulary, model.parameters()) as chunk_logits:
+        chunked, chunked_grads = loss_and_grads(model, batch, loss_chunk_logits=3 * vocabulary)  # 3 rows a chunk
+    assert labelled > 12 and whole_logits.most >= 2 * labelled  # all logits and their log-probabilities
+    assert chunk_logits.most <= 3 * 3  # one chunk's logits, log-probabilities and their gradient
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    assert chunked_grads.keys() == whole_grads.keys()
+    for name in whole_grads:
+        torch.testing.assert_close(chunked_grads[name], whole_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_precomputed_image_features_give_the_pixels_loss(tokenizer, processor):
+    batch, model = make_batch(tokenizer, processor), make_model(tokenizer)
+    model.vision_tower.requires_grad_(False)  # frozen, as in both stages: its features are all the LM gets
+    pixels = batch.pop("pixel_values")
+    with torch.no_grad():
+        features = model.image_features(pixels)
+    from_pixels, pixel_grads = loss_and_grads(model, {**batch, "pixel_values": pixels})
+    from_features, feature_grads = loss_and_grads(model, {**batch, "image_features": features})
+    assert torch.equal(from_features, from_pixels)
+    assert feature_grads.keys() == pixel_grads.keys() and all(torch.equal(feature_grads[n], g)
+                                                              for n, g in pixel_grads.items())
+    with pytest.raises(ValueError, match="not both"):
+        model(**batch, pixel_values=pixels, image_features=features)
+
+
+def test_checkpointing_every_second_layer_recomputes_those_only(tokenizer, processor):
+    batch, model = make_batch(tokenizer, processor), make_model(tokenizer, num_hidden_layers=4)
+    model.train()
+    plain, plain_grads = loss_and_grads(model, batch)
+    model.gradient_checkpointing_enable(every=2)
+    layers = model.language_model.model.layers
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False, True, False]
+    calls = []
+    # (a pre-hook inside the layer: transformers checkpoints forward, within the layer's own hooks, and the
+    # recompute stops as soon as it has what backward needs, before the MLP returns)
+    hooks = [layer.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, layer in enumerate(layers)]
+    checkpointed, grads = loss_and_grads(model, batch)
+    for hook in hooks:
+        hook.remove()
+    assert sorted(calls) == [0, 0, 1, 2, 2, 3]  # layers 0 and 2 ran again in backward
+    torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=0)
+    for name in plain_grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
 
 
 def test_generate_returns_only_new_tokens(tokenizer, processor):

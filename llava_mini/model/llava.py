@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging as transformers_logging
@@ -98,12 +100,18 @@ class LlavaMini(nn.Module):
         return self.language_model.get_output_embeddings()
 
     # --- gradient checkpointing, on the LM only (the frozen vision tower stores no activations for backward)
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, every: int = 1,
+                                      **kwargs) -> None:
         """Non-reentrant by default: it needs no ``enable_input_require_grads`` even with frozen embeddings
-        (the projector output already carries gradients)."""
+        (the projector output already carries gradients). every: checkpoint only every n-th decoder layer; the
+        others keep their activations (less recompute where memory allows)."""
         lm = self.language_model  # activation_checkpointing_*: the name since transformers 5.2x
         enable = getattr(lm, "activation_checkpointing_enable", lm.gradient_checkpointing_enable)
         enable(gradient_checkpointing_kwargs or {"use_reentrant": False}, **kwargs)
+        # Each layer reads its own flag; set here, not with transformers' every_n_layers (5.2x; 5.17 lacks it).
+        layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i % every == 0
 
     def gradient_checkpointing_disable(self) -> None:
         lm = self.language_model
@@ -132,10 +140,17 @@ class LlavaMini(nn.Module):
         """Image tokens in the LM's embedding space. (B, 3, H, W) -> (B, N, D_text)."""
         return self.projector(self.image_features(pixel_values))
 
-    def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None,
+                     image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with the image tokens spliced in. -> inputs_embeds (B, T, D_text).
-        ``pixel_values`` (B_img, 3, H, W): one image per block of N image tokens, in order."""
-        return self.splice(input_ids, None if pixel_values is None else self.encode_images(pixel_values))
+        ``pixel_values`` (B_img, 3, H, W): one image per block of N image tokens, in order; or instead
+        ``image_features`` (B_img, N, D_vision): ``image_features(pixel_values)`` computed beforehand (a frozen
+        tower gives an image the same features every time, so training may compute them once)."""
+        if pixel_values is not None:
+            if image_features is not None:
+                raise ValueError("give pixel_values or image_features, not both")
+            image_features = self.image_features(pixel_values)
+        return self.splice(input_ids, None if image_features is None else self.projector(image_features))
 
     def splice(self, input_ids: torch.LongTensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """LLaVA's central step: put the projected patch tokens where the image tokens are.
@@ -162,14 +177,16 @@ class LlavaMini(nn.Module):
     # --- training / scoring
     def forward(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None, *,
-                labelled_only: bool = True, return_logits: bool = False, output_attentions: bool = False,
-                num_items_in_batch: int | torch.Tensor | None = None, **lm_kwargs) -> LlavaMiniOutput:
+                image_features: torch.Tensor | None = None, labelled_only: bool = True, return_logits: bool = False,
+                output_attentions: bool = False, num_items_in_batch: int | torch.Tensor | None = None,
+                loss_chunk_logits: int | None = None, **lm_kwargs) -> LlavaMiniOutput:
         """Loss (and optionally logits / attentions) of a batch. input_ids (B, T), image tokens expanded;
-        pixel_values (B_img, 3, H, W); attention_mask (B, T), 1 on real tokens; labels (B, T), -100 where
-        nothing is learned, shifted inside. labelled_only: the LM head and loss only at labelled positions
-        (``labelled_loss``); return_logits: full logits (B, T, V); num_items_in_batch: divide the summed
-        loss by this (gradient accumulation), else by the number of labelled tokens."""
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        pixel_values (B_img, 3, H, W) or image_features (B_img, N, D_vision) (``embed_inputs``); attention_mask
+        (B, T), 1 on real tokens; labels (B, T), -100 where nothing is learned, shifted inside. labelled_only: the
+        LM head and loss only at labelled positions (``labelled_loss``, in chunks of ``loss_chunk_logits``);
+        return_logits: full logits (B, T, V); num_items_in_batch: divide the summed loss by this (gradient
+        accumulation), else by the number of labelled tokens."""
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features)
         lm_kwargs.setdefault("use_cache", False)  # forward is for training / scoring; generate() caches
         config = self.language_model.config
         if output_attentions:
@@ -184,26 +201,41 @@ class LlavaMini(nn.Module):
             # The LM's body only: final hidden states (B, T, D), no vocabulary projection yet.
             outputs = self.language_model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                                          **lm_kwargs)
-            loss = self.labelled_loss(outputs.last_hidden_state, labels, num_items_in_batch)
+            loss = self.labelled_loss(outputs.last_hidden_state, labels, num_items_in_batch, loss_chunk_logits)
             return LlavaMiniOutput(loss=loss, attentions=outputs.attentions)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
                                       num_items_in_batch=num_items_in_batch, **lm_kwargs)
         return LlavaMiniOutput(loss=outputs.loss, logits=outputs.logits, attentions=outputs.attentions)
 
-    def labelled_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items_in_batch=None):
+    def labelled_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items_in_batch=None,
+                      chunk_logits: int | None = None):
         """Next-token cross-entropy only where a label exists. (B, T, D), (B, T) -> scalar.
 
         Kept instead of the LM's own loss: only answer tokens pay for the vocabulary (a 152K vocabulary times
         every position in fp32 is most of a small model's training memory). Position t predicts label t + 1:
         the M positions with ``labels[:, 1:] != -100`` go through the LM head (M, D) -> (M, V), in fp32 like
-        transformers' loss, so both paths give the same loss and gradients."""
+        transformers' loss, so both paths give the same loss and gradients.
+
+        chunk_logits: at most this many logits (rows x V) at once. Each chunk of rows runs under
+        ``torch.utils.checkpoint``: its forward saves no logits, and backward recomputes one chunk's at a time
+        (one more head matmul, on the M rows only). A custom autograd function could skip that recompute, but
+        would redo by hand what autograd, autocast and a trainable head already get right."""
         targets = labels[:, 1:]                              # (B, T-1)
         keep = targets != IGNORE_INDEX                       # (B, T-1)
-        selected = hidden_states[:, :-1][keep]               # (M, D)
-        logits = self.get_output_embeddings()(selected).float()  # (M, V)
-        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+        selected, wanted = hidden_states[:, :-1][keep], targets[keep]  # (M, D), (M,)
+        vocabulary = self.get_output_embeddings().out_features
+        rows = len(selected) if chunk_logits is None else max(1, chunk_logits // vocabulary)
+        if rows >= len(selected):
+            loss = self._summed_cross_entropy(selected, wanted)
+        else:  # (the head has no randomness: no RNG state to keep)
+            loss = sum(checkpoint(self._summed_cross_entropy, h, t, use_reentrant=False, preserve_rng_state=False)
+                       for h, t in zip(selected.split(rows), wanted.split(rows)))
         denominator = keep.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return loss / torch.as_tensor(denominator, device=loss.device)
+
+    def _summed_cross_entropy(self, hidden: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
+        """(M, D), (M,) -> the summed cross-entropy of the LM head's logits (M, V), taken in fp32."""
+        return F.cross_entropy(self.get_output_embeddings()(hidden).float(), targets, reduction="sum")
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None,

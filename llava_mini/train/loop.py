@@ -13,6 +13,7 @@ saved training state), so the same ``train()`` runs in a notebook, under ``accel
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import time
@@ -57,8 +58,11 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     set_seed(cfg.seed + rank)  # python, numpy, torch: dropout differs across processes, data order does not
 
     groups = param_groups(model, cfg)
+    if cfg.cache_image_features and any(p.requires_grad for p in model.vision_tower.parameters()):
+        raise ValueError("cache_image_features needs a frozen vision tower: its features would change")
+    features = {} if cfg.cache_image_features else None  # pixels' digest -> (N, D_vision), this run only
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(every=cfg.checkpoint_every)
     model.train()
     model.vision_tower.eval()  # frozen: no dropout there; the LM keeps train mode for LoRA dropout
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
@@ -79,7 +83,8 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
                disable=not (cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
     for step in range(start_step + 1, cfg.max_steps + 1):
         started = time.perf_counter()
-        micro_batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items() if k != "id"}
+        micro_batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in
+                          cached_features(model, next(batches), features, accelerator).items() if k != "id"}
                          for _ in range(accumulation)]
         # The loss is the mean over all answer tokens of the global batch (each micro-batch's summed loss /
         # the global count): a mean per micro-batch, like a plain loop's or accelerate's accumulate(), would
@@ -89,7 +94,7 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
         step_loss = torch.zeros((), device=device)
         for i, batch in enumerate(micro_batches):
             with accelerator.no_sync(wrapped) if i < accumulation - 1 else contextlib.nullcontext():
-                loss = wrapped(**batch, num_items_in_batch=global_items).loss
+                loss = wrapped(**batch, num_items_in_batch=global_items, loss_chunk_logits=cfg.loss_chunk_logits).loss
                 accelerator.backward(loss * world)  # DDP averages over processes; loss is a share of the global mean
             step_loss += loss.detach().float()
         grad_norm = None if cfg.max_grad_norm is None else float(
@@ -120,6 +125,22 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
         model.gradient_checkpointing_disable()
     model.eval()
     return TrainResult(history=history, checkpoint_dir=final)
+
+
+def cached_features(model: LlavaMini, batch: dict, cache: dict | None, accelerator) -> dict:
+    """batch["pixel_values"] (B, 3, H, W), on the CPU -> batch["image_features"] (B, N, D_vision), each image's
+    computed once per run (under the loop's autocast, as the model's forward would) and reused after. Keyed by
+    a digest of the pixels: the same image in two records or two epochs hits, an augmented one misses, so a
+    hit is always the right features. ``cache`` None: the batch as given."""
+    if cache is None:
+        return batch
+    pixels = batch.pop("pixel_values")
+    keys = [hashlib.blake2b(p.contiguous().view(torch.uint8).numpy(), digest_size=16).digest() for p in pixels]
+    new = {key: i for i, key in enumerate(keys) if key not in cache}  # (an image twice in a batch: once)
+    if new:
+        with torch.no_grad(), accelerator.autocast():
+            cache.update(zip(new, model.image_features(pixels[list(new.values())].to(model.device)).cpu()))
+    return {**batch, "image_features": torch.stack([cache[key] for key in keys])}
 
 
 def _accelerator(precision: str):

@@ -143,7 +143,7 @@ class EvalSettings:
     seed: int = 0                       # which questions are drawn
     max_per_kind: int = 100             # questions per kind (colour, shape, count, relation, existence)
     n_descriptions: int = 40            # detailed descriptions scored for hallucinations
-    max_new_tokens: int = 64            # a relation answer states the extents it compares (~45 tokens)
+    max_new_tokens: int = 80            # a relation answer quotes both box lines first (~60 tokens)
 
 
 @dataclass(frozen=True)

@@ -433,3 +433,10 @@ def test_interpretation_follows_the_numbers():
     assert "about as well as from text (relative score >= 0.9): colour 100%" in text
     assert "mostly not learned (relative score < 0.6): relation 50%" in text
     assert "No better than blind (less than 10% of the gap closed): relation." in text
+    assert "Limited by the language model" not in text
+    # a reference at blind level: its kind is the LM's limit, not a relative score of ~1
+    at_chance = result({"colour": [True] * 10, "relation": [True] * 5 + [False] * 5})
+    text = ev.interpretation({"m": good, "t": at_chance, "blind": blind}, "m", "t")
+    assert "relation" not in text.split("Limited by")[0].split("(relative score >= 0.9)")[1].split("\n")[0]
+    assert "Limited by the language model (told the scene as text, it is no better than blind): relation (text 50%, " \
+           "blind 50%)." in text

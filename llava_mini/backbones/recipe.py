@@ -40,7 +40,7 @@ class BackboneRecipe:
     lm_snapshot_every: int = 600   # save the LM every this many steps under <out>/snapshots (0: never)
     lm_scenes: int = 20_000       # scenes whose captions and text-scene chats the LM reads
     lm_drills: int = 2            # drill chats (teacher.write_drill) per scene, beside the three response types
-    lm_answer_tokens: int = 64    # longest answer when the build measures the text reference
+    lm_answer_tokens: int = 80    # longest answer when the build measures the text reference
     lm_test_scenes: int = 300
     lm_init: str = ""             # a backbones folder (tokenizer/, lm/) to continue from, instead of a new LM
     # wall-clock budgets (train_in_budget cuts the step count to fit them), so one recipe runs on a CPU or a GPU

@@ -86,9 +86,13 @@ def interpretation(results: dict[str, dict], model: str, reference: str, blind: 
     relative score) and with the ``blind`` baseline, kind by kind, so the verdict changes when the numbers do."""
     r, ref, base = results[model], results[reference], results[blind]
     rel, gap = relative_score(r, ref), gap_closed(r, base)
+    # A kind the text reference itself answers no better than blind says nothing about the eyes: the LM is
+    # the limit there, and a relative score near 1 only means both are at chance.
+    ref_gap = gap_closed(ref, base)
+    lm_limited = [k for k in r["accuracy"] if ref_gap[k] is not None and ref_gap[k] < 0.1]
     bins = {"reads it from the pixels about as well as from text (relative score >= 0.9)": [],
             "learned it in part (relative score 0.6 to 0.9)": [], "mostly not learned (relative score < 0.6)": []}
-    for k in r["accuracy"]:
+    for k in (k for k in r["accuracy"] if k not in lm_limited):
         bins[list(bins)[0 if (rel[k] or 0) >= 0.9 else 1 if (rel[k] or 0) >= 0.6 else 2]].append(
             f"{k} {100 * r['accuracy'][k]:.0f}% (text {100 * ref['accuracy'][k]:.0f}%)")
     near_blind = [k for k in r["accuracy"] if gap[k] is not None and gap[k] < 0.1]
@@ -96,6 +100,10 @@ def interpretation(results: dict[str, dict], model: str, reference: str, blind: 
              f"language model answers {100 * ref['micro']:.1f}%, so the relative score is {rel['micro']:.2f}. "
              f"Blind, it answers {100 * base['micro']:.1f}%."]
     lines += [f"- {verdict}: {', '.join(kinds)}." for verdict, kinds in bins.items() if kinds]
+    if lm_limited:
+        lines.append(f"- Limited by the language model (told the scene as text, it is no better than blind): "
+                     + ", ".join(f"{k} (text {100 * ref['accuracy'][k]:.0f}%, blind {100 * base['accuracy'][k]:.0f}%)"
+                                 for k in lm_limited) + ".")
     lines.append(f"- No better than blind (less than 10% of the gap closed): {', '.join(near_blind)}." if near_blind
                  else "- Every kind closes at least 10% of the gap to blind: the model looks at the image for each.")
     return "\n".join(lines)

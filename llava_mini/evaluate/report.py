@@ -101,7 +101,7 @@ def interpretation(results: dict[str, dict], model: str, reference: str, blind: 
              f"Blind, it answers {100 * base['micro']:.1f}%."]
     lines += [f"- {verdict}: {', '.join(kinds)}." for verdict, kinds in bins.items() if kinds]
     if lm_limited:
-        lines.append(f"- Limited by the language model (told the scene as text, it is no better than blind): "
+        lines.append("- Limited by the language model (told the scene as text, it is no better than blind): "
                      + ", ".join(f"{k} (text {100 * ref['accuracy'][k]:.0f}%, blind {100 * base['accuracy'][k]:.0f}%)"
                                  for k in lm_limited) + ".")
     lines.append(f"- No better than blind (less than 10% of the gap closed): {', '.join(near_blind)}." if near_blind

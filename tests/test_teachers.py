@@ -443,3 +443,21 @@ def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
 def _centre(o):
     x, y, w, h = o.bbox
     return (x + w / 2) / SIZE, (y + h / 2) / SIZE
+
+
+def test_colour_answers_scan_the_box_lines_only_when_they_name_the_shape():
+    import random
+
+    from llava_mini.teacher.reading import read_context
+    from llava_mini.teacher.symbolic import _Dialogue
+
+    inventory = "There are two shapes here, a red circle and a blue cross."
+    for boxes, expected in (("\n\nred circle: [0.1, 0.1, 0.3, 0.3]\nblue cross: [0.5, 0.5, 0.7, 0.7]", None),
+                            ("", "short"), ("\n\nred circle: [0.1, 0.1, 0.3, 0.3]", "short")):  # none / disagree
+        for seed in range(6):
+            _, q, a = _Dialogue(read_context(inventory + boxes), random.Random(seed)).colour()
+            shape, colour = ("cross", "blue") if "cross" in q else ("circle", "red")
+            if expected == "short" and (not boxes or shape == "cross"):  # no line names the asked shape
+                assert ";" not in a and ", so" not in a and colour in a, (boxes, a)
+            elif expected is None:
+                assert a.endswith(f", so the {shape} is {colour}.") and a.startswith("The red one is a circle"), a

@@ -39,7 +39,7 @@ class _Dialogue:
                        f"What is the colour of the {s} in the picture?", f"Can you tell me what color the {s} is?",
                        f"The {s} in this image is what colour?"])
         labels = [label.split() for label, _ in self.r.boxes]
-        if not labels or any(len(words) != 2 for words in labels):  # no box lines to scan: the short answer
+        if any(len(words) != 2 for words in labels) or [w[1] for w in labels].count(s) != 1:  # nothing to scan
             return "colour", q, self.pick([f"The {s} is {c}.", f"It is {c}.", f"The {s} is coloured {c}."])
         # The box lines in order, up to the asked shape, then the verdict. Each step copies a label forward
         # ("red triangle" -> "the red one is a triangle"), the look-up a small LM does well; the direct answer
@@ -117,8 +117,8 @@ class _Dialogue:
         named = [(unique_name(self.objs, i), rel, unique_name(self.objs, j), i, j) for i, rel, j in facts if rel]
         options = [fact for a, rel, b, i, j in named if a and b for fact in ((a, rel, b, i, j), (b, OPPOSITE[rel], a, j, i))]
         a, rel, b, i, j = self.pick(options)
-        # With boxes the step first: both box lines quoted as the context writes them (a verbatim copy, which a
-        # small LM does reliably, unlike picking single numbers out of a line), then the verdict.
+        # With boxes the step first: both box lines quoted as the context writes them (a verbatim copy rather than
+        # numbers picked out of a line; the shipped LM still often quotes the wrong line: README), then the verdict.
         step, style = "", self.rng.random()
         if boxed:
             step = "The boxes say {} and {}, so ".format(*(f'"{box_text(self.objs[k].category, self.objs[k].box)}"' for k in (i, j)))

@@ -132,7 +132,7 @@ def cached_features(model: LlavaMini, batch: dict, cache: dict | None, accelerat
     computed once per run (under the loop's autocast, as the model's forward would) and reused after. Keyed by
     a digest of the pixels: the same image in two records or two epochs hits, an augmented one misses, so a
     hit is always the right features. ``cache`` None: the batch as given."""
-    if cache is None:
+    if cache is None or batch.get("pixel_values") is None:  # (a batch of text-only records has no pixels)
         return batch
     pixels = batch.pop("pixel_values")
     keys = [hashlib.blake2b(p.contiguous().view(torch.uint8).numpy(), digest_size=16).digest() for p in pixels]

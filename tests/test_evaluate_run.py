@@ -186,7 +186,7 @@ def test_text_scene_puts_each_scene_in_its_prompt_and_scores_like_evaluate_model
     result = ev.evaluate_text_scene(reader, tokenizer, recs, qs, batch_size=7)
     assert [r["question"] for r in result["answers"]] == [q.question for q in qs]
     by_id = {r.image_id: r for r in recs}
-    for prompt, q in zip(reader.prompts, qs):
+    for prompt, q in zip(reader.prompts, sorted(qs, key=lambda q: q.kind), strict=True):  # asked kind by kind
         assert context_text(by_id[q.image_id]) in prompt and q.question in prompt
     assert result["accuracy"]["existence"] == 1.0  # a perfect reader of the boxes, scored as such
     colour = [r for r in result["answers"] if r["kind"] == "colour"]
@@ -194,3 +194,16 @@ def test_text_scene_puts_each_scene_in_its_prompt_and_scores_like_evaluate_model
     assert result["settings"]["text_scene"] and result["description"] is None
     with pytest.raises(ValueError, match="not among the records"):
         ev.evaluate_text_scene(reader, tokenizer, recs[:1], qs[-1:])
+
+
+def test_kind_by_kind_asks_each_kind_together_and_returns_replies_in_question_order(records):
+    qs = ev.make_questions(records[:30], seed=SEED)
+    asked = []
+
+    def answer(order):
+        asked.extend(qs[k].kind for k in order)
+        return [f"reply to {qs[k].question} about {qs[k].image_id}" for k in order]
+
+    replies = ev.kind_by_kind(qs, answer)
+    assert replies == [f"reply to {q.question} about {q.image_id}" for q in qs]
+    assert asked == sorted(asked) and len(set(asked)) > 1  # each kind in one run, several kinds

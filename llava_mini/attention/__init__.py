@@ -1,4 +1,5 @@
-"""Notebook 05, where the model looks: extract (answer-to-image attention), grounding, masking, plots."""
+"""Notebook 05, where the model looks: extract (answer-to-image attention), grounding, masking, plots, and the
+explorer (notebooks 04 and 05: any image, any question, the answer and where it looked)."""
 
 from llava_mini.attention.extract import (  # noqa: F401
     use_eager_attention, patch_grid, AnswerAttention, normalise_over_image, attention_to_image,
@@ -15,3 +16,4 @@ from llava_mini.attention.plots import (  # noqa: F401
     model_view, pixels_to_image, overlay, plot_question_layers, plot_token_layers, plot_grounding,
     plot_grounding_by_correctness, plot_masking, plot_masking_example,
 )
+from llava_mini.attention.explore import eager_attention, new_scene, ask_and_show, explorer  # noqa: F401

@@ -72,21 +72,22 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
     """One row per question: the image and the object's box, then each layer's map (heads averaged) and score;
     over all answer tokens, or with ``answer_word`` the token that names the answer (" red") where there is one."""
     n_layers = results[0].attention.num_layers
-    fig, axes = plt.subplots(len(results), n_layers + 1, figsize=(2.0 * (n_layers + 1), 2.3 * len(results)),
+    fig, axes = plt.subplots(len(results), n_layers + 1, figsize=(2.2 * (n_layers + 1), 2.9 * len(results)),
                              squeeze=False)
     for row, r in zip(axes, results):
         q, image = r.question, r.question.record.load_image()
         view = model_view(image, image_processor)
         mark = "right" if r.correct else f"wrong, expected {q.expected}"
-        overlay(row[0], view, torch.zeros(r.attention.grid), q.bbox, image.size, alpha=0, fontsize=7,
-                title="\n".join(textwrap.wrap(q.question, 30)) + f"\n-> {_short(conclusion(r.answer), 28)!r}\n({mark})")
+        said = textwrap.wrap(f"-> {_short(conclusion(r.answer), 60)!r}", 32)  # the conclusion whole, on two lines
+        overlay(row[0], view, torch.zeros(r.attention.grid), q.bbox, image.size, alpha=0, fontsize=8,
+                title="\n".join([*textwrap.wrap(q.question, 32), *said, f"({mark})"]))
         token = r.answer_token if answer_word else None
         scores = r.by_layer if token is None else r.by_layer_answer_token
         which = "all answer tokens" if token is None else f"token {r.attention.answer_tokens[token].strip()!r}"
         for layer in range(n_layers):
             overlay(row[layer + 1], view, r.attention.grid_map(layer=layer, token=token), q.bbox, image.size,
                     title=f"layer {layer}: score {float(scores[layer]):.2f}" + (f"\n{which}" if answer_word and layer == 0 else ""),
-                    fontsize=7)
+                    fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return _finish(fig, path, (0, 0, 1, 0.97 if title else 1))

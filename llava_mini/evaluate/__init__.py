@@ -21,6 +21,6 @@ from llava_mini.evaluate.report import (  # noqa: F401
     gap_closed, relative_score, summarize_results, save_results, results_table, interpretation,
 )
 from llava_mini.evaluate.run import (  # noqa: F401
-    blank_image, prepare_images, generate_answers, chat, score_answers, accuracy_by_kind, evaluate_text_scene,
+    blank_image, prepare_images, generate_answers, chat, kind_by_kind, score_answers, accuracy_by_kind, evaluate_text_scene,
     evaluate_model, describe_images, evaluate_coco,
 )

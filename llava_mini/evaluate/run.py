@@ -60,6 +60,17 @@ def chat(model, tokenizer, image_processor, image, question: str, history: Itera
     return decode(tokenizer, ids)
 
 
+def kind_by_kind(questions: Sequence[Question], answer) -> list:
+    """``answer(order) -> replies`` for the question indices ``order``, the questions sorted by kind (stably); the
+    replies come back in the order of ``questions``. A batch waits for its longest reply, and kinds differ most in
+    length: a relation answer quotes two box lines (~60 tokens), a count is five words."""
+    order = sorted(range(len(questions)), key=lambda k: questions[k].kind)
+    replies = [None] * len(questions)
+    for k, reply in zip(order, answer(order), strict=True):
+        replies[k] = reply
+    return replies
+
+
 def score_answers(questions: Sequence[Question], replies: Sequence[str]) -> list[dict]:
     """One row per question: what was asked, expected, answered, the extracted term and whether it is right."""
     return [{"image_id": q.image_id, "kind": q.kind, "question": q.question, "expected": q.expected,
@@ -98,7 +109,8 @@ def evaluate_text_scene(language_model, tokenizer, records: Sequence[ImageRecord
     told = [[*system, {"role": "user", "content": f"{context_text(by_id[q.image_id], boxes=boxes)}\n{q.question}"}]
             for q in questions]
     prompts = [torch.tensor(render_ids(tokenizer, messages, add_generation_prompt=True)) for messages in told]
-    ids = generate_ids(language_model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ids = kind_by_kind(questions, lambda order: generate_ids(language_model, tokenizer, [prompts[k] for k in order],
+                                                             max_new_tokens=max_new_tokens, batch_size=batch_size))
     rows = score_answers(questions, [decode(tokenizer, row) for row in ids])
     settings = dict(text_scene=True, boxes=boxes, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
                     images=len(by_id), questions=len(questions))
@@ -121,14 +133,16 @@ def evaluate_model(model, tokenizer, image_processor, records: Sequence[ImageRec
         questions = make_questions(records, seed=seed, per_kind=per_kind, max_per_kind=max_per_kind)
     by_id = _records_by_id(records, questions)
     described = records if n_descriptions is None else records[:n_descriptions]
-    # One object per image, so generate_answers sends it through the vision tower once per batch.
+    # One object per image, so generate_answers sends it through the vision tower once per batch it is in.
     images = {i: load_image(Path(image_dir) / by_id[i].file_name if image_dir is not None else by_id[i].path, i)
               for i in dict.fromkeys([q.image_id for q in questions] + [r.image_id for r in described])}
     settings = dict(blind=blind, seed=seed, per_kind=per_kind, max_per_kind=max_per_kind, max_new_tokens=max_new_tokens,
                     system_prompt=system_prompt, images=len(records), questions=len(questions))
     common = dict(batch_size=batch_size, system_prompt=system_prompt, blind=blind, progress=progress)
-    replies = generate_answers(model, tokenizer, image_processor, [(images[q.image_id], q.question) for q in questions],
-                               max_new_tokens=max_new_tokens, desc="questions", **common)
+    items = [(images[q.image_id], q.question) for q in questions]
+    replies = kind_by_kind(questions, lambda order: generate_answers(
+        model, tokenizer, image_processor, [items[k] for k in order], max_new_tokens=max_new_tokens,
+        desc="questions", **common))
     rows = score_answers(questions, replies)
     result = {**accuracy_by_kind(rows), "answers": rows, "blind": blind, "settings": settings, "description": None}
 

@@ -12,7 +12,7 @@ The presets are three sizes of the same recipe:
 
     tiny   the shipped backbones (data/backbones), the generated shapes world; a 2-core CPU, minutes
     colab  CLIP ViT-B/16 + Qwen2.5-0.5B-Instruct from the hub, COCO 2017; a free T4 (fp16, QLoRA)
-    paper  CLIP ViT-L/14-336 + Vicuna-7B v1.5, 4-bit; one A100/H100; the LLaVA v1.5 LoRA recipe
+    paper  CLIP ViT-L/14-336 + Vicuna-7B v1.5 (4-bit for QLoRA); one A100/H100; the LLaVA v1.5 LoRA recipe
 
 Hub names are ordinary ``from_pretrained`` names: point them at local folders and nothing else changes,
 ``get_preset("colab", model={"lm": "/my/folder"})``.
@@ -30,6 +30,7 @@ STAGES = ("stage1", "lora", "qlora")  # the course's three checkpoints
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECORD_FILES = ("stage1", "instruct", "drills")  # the record files course.training_data() names
 
 
 @dataclass
@@ -119,6 +120,15 @@ class DataSettings:
     image_folder: str | None = None     # "files": what each record's "image" is relative to
     max_length: int = 2048              # tokens per example, image tokens included
     max_records: int | None = None      # train on a seeded sample of this many records (None: as the steps need)
+    # The record files stage 2 trains on, by their course.training_data() names (one the data lacks is skipped:
+    # COCO has no drills); ("stage1",) trains it on the caption records, the paper's naive caption expansion
+    stage2_records: tuple[str, ...] = ("instruct", "drills")
+
+    def __post_init__(self):
+        object.__setattr__(self, "stage2_records", tuple(self.stage2_records))  # (a list from JSON or a caller)
+        unknown = set(self.stage2_records) - set(RECORD_FILES)
+        if unknown or not self.stage2_records:
+            raise ValueError(f"stage2_records must name some of {RECORD_FILES}, got {self.stage2_records!r}")
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,8 @@ class RunConfig:
         """The fingerprint that names and validates this run's checkpoint."""
         config = self.to_dict()
         config.pop("evaluation")
+        if self.stage == "stage1":  # it trains on the captions whatever stage 2 reads: one stage 1 for both
+            config["data"].pop("stage2_records")
         config["train"] = {k: v for k, v in config["train"].items() if k not in NOT_IN_KEY}
         return fingerprint({"config": config, "backbones": backbones, "records": records})
 

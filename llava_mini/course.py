@@ -202,9 +202,11 @@ def subsample(records: list[dict], n: int, seed: int) -> list[dict]:
     return [records[i] for i in order]
 
 
-def stage_files(stage: str, data: dict[str, Path]) -> list[Path]:
-    """The record files a stage trains on: stage 1 the captions; stage 2 the instruction records (+ drills)."""
-    return [data["stage1"]] if stage == "stage1" else [data[k] for k in ("instruct", "drills") if k in data]
+def stage_files(run: RunConfig, data: dict[str, Path]) -> list[Path]:
+    """The record files a run trains on: stage 1 the captions; stage 2 those ``run.data.stage2_records`` names
+    (default the instruction records and the drills, where the data has them)."""
+    names = ["stage1"] if run.stage == "stage1" else run.data.stage2_records
+    return [data[k] for k in names if k in data]
 
 
 def training_records(run: RunConfig, data: dict[str, Path]) -> list[dict]:
@@ -212,7 +214,7 @@ def training_records(run: RunConfig, data: dict[str, Path]) -> list[dict]:
     then a seeded sample: ``data.max_records`` of them, or about what its steps will read."""
     cfg = run.train
     # the dataset checks each record, counting what it skips
-    records = [r for f in stage_files(run.stage, data) for r in load_records(f, validate=False)]
+    records = [r for f in stage_files(run, data) for r in load_records(f, validate=False)]
     if run.stage != "stage1":
         records = repeat_types(records, cfg.type_repeats)
     n = run.data.max_records or int(cfg.max_steps * cfg.batch_size * 1.1) + cfg.batch_size
@@ -287,7 +289,7 @@ def plan_run(stage: str = "stage1", preset: str | Preset = "tiny", projector_fro
 
 def checkpoint_dir(run: RunConfig, data: dict[str, Path]) -> Path:
     """``<work>/checkpoints/<preset>-<stage>-<key>``: the one place a run's checkpoints go."""
-    records = fingerprint([file_fingerprint(f) for f in stage_files(run.stage, data)])
+    records = fingerprint([file_fingerprint(f) for f in stage_files(run, data)])
     key = run.key(backbone_fingerprint(run.model.vision, run.model.lm), records)
     return work_dir() / "checkpoints" / f"{run.preset}-{run.stage}-{key}"
 

@@ -13,7 +13,7 @@ from llava_mini.attention.masking import (  # noqa: F401
     top_patches, mask_patches, mean_fill, masking_experiment, masking_example, interpret,
 )
 from llava_mini.attention.plots import (  # noqa: F401
-    model_view, pixels_to_image, overlay, plot_question_layers, plot_token_layers, plot_grounding,
+    model_view, pixels_to_image, overlay, plot_answer_layers, plot_question_layers, plot_token_layers, plot_grounding,
     plot_grounding_by_correctness, plot_masking, plot_masking_example,
 )
 from llava_mini.attention.explore import eager_attention, new_scene, ask_and_show, explorer  # noqa: F401

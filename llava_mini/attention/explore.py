@@ -5,13 +5,11 @@ once on the values it is given; where ipywidgets can draw (JupyterLab, Colab) it
 from contextlib import contextmanager
 from typing import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from PIL import Image
 
 from llava_mini.attention.extract import AnswerAttention, inspect_answer
-from llava_mini.attention.plots import model_view, overlay
+from llava_mini.attention.plots import plot_answer_layers
 from llava_mini.train import unwrap
 from llava_mini.world import ImageRecord, WorldConfig, render_scene, sample_scene
 
@@ -43,13 +41,7 @@ def ask_and_show(model, tokenizer, image_processor, image: Image.Image, question
         att = inspect_answer(model, tokenizer, image_processor, image, question, system_prompt=system_prompt,
                              max_new_tokens=max_new_tokens)
     print(f"Q: {question}\nA: {att.answer_text}")
-    view = model_view(image, image_processor)
-    fig, axes = plt.subplots(1, att.num_layers + 1, figsize=(2.2 * (att.num_layers + 1), 2.5), squeeze=False)
-    overlay(axes[0, 0], view, torch.zeros(att.grid), alpha=0, title="the image", fontsize=9)
-    for layer, ax in enumerate(axes[0, 1:]):
-        overlay(ax, view, att.grid_map(layer=layer), title=f"layer {layer}", fontsize=9)
-    fig.tight_layout()
-    plt.show()
+    plot_answer_layers(att, image, image_processor, show=True)
     return att
 
 

@@ -93,6 +93,20 @@ def plot_question_layers(results: Sequence[GroundingResult], image_processor, pa
     return _finish(fig, path, (0, 0, 1, 0.97 if title else 1))
 
 
+def plot_answer_layers(att, image: Image.Image, image_processor, path=None, show: bool = False):
+    """One answer (an AnswerAttention): the image as the model sees it beside each layer's map of where the answer
+    looked (heads and answer tokens averaged); ``show``: draw it now (inside a widget's callback, say)."""
+    view = model_view(image, image_processor)
+    fig, axes = plt.subplots(1, att.num_layers + 1, figsize=(2.2 * (att.num_layers + 1), 2.5), squeeze=False)
+    overlay(axes[0, 0], view, torch.zeros(att.grid), alpha=0, title="the image", fontsize=9)
+    for layer, ax in enumerate(axes[0, 1:]):
+        overlay(ax, view, att.grid_map(layer=layer), title=f"layer {layer}", fontsize=9)
+    fig = _finish(fig, path)
+    if show:
+        plt.show()
+    return fig
+
+
 def plot_token_layers(result: GroundingResult, image_processor, path=None, title: str | None = None,
                       max_tokens: int = 8):
     """Cell (l, t): where the query producing answer token t (the first ``max_tokens``) looked in layer l."""

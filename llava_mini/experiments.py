@@ -9,6 +9,7 @@ changing one factor, trained and evaluated over seeds, beside the paper's number
     summarize(runs), verdicts(summary) mean and spread over seeds; each paper finding (FINDINGS) beside them
 
     python -m llava_mini.experiments [--variants a,b] [--seeds 0,1,2] [--split test] [--out FILE]
+                                     [--stage1-steps 240] [--lora-steps 80]
 
 Two families. The **data** family is the paper's data-type ablation (LLaVA, Table 4): stage 2 trains on
 conversations only, detailed descriptions only, complex reasoning only, all three, or the naive caption
@@ -23,13 +24,13 @@ text reference (the LM told each scene as text) on the same questions, CHAIR_i o
 
 Budget (SWEEP_STEPS): stage 1 at the course's 240 steps, stage 2 at 80 LoRA steps instead of 120, so that the
 default sweep fits in 45 minutes on the 2-core CPU. Chosen on the val split (course variant, seed 0, 150
-images): 68.0% micro at 80 steps against 77.0% at 120 (and 65.5% with stage 1 cut to 160 steps as well); the
-choice used these val numbers and the time only. Measured there, lightly loaded: stage 1 0.31 s/step, LoRA 0.63-0.69 s/step on
-the course mix (the data family drops the long drills and steps faster), evaluation 7-11 s, ~5 s of loading
-per run. The default sweep trains 27 stage-2 runs and 9 stage-1 runs (stage 1 is shared by every variant that
-leaves it alone; "no_stage1"'s has zero steps): 27 x (80 x 0.65 + 14) s + 9 x 77 s + ~30 s ~ 2,500 s, about
-40 minutes (the course's own stage 1 of seed 0 is reused when notebook 03 made it). At the course's 120 steps
-(``--lora-steps 120``) it takes about 50 minutes.
+images): 68.0% micro at 80 steps against 77.0% at 120 (and 65.5% with stage 1 cut to 160 steps as well);
+the choice used these val numbers and the time only. Measured here, lightly loaded: stage 1 0.31 s/step,
+LoRA 0.63-0.69 s/step on the course mix (the data family drops the long drills and steps faster: captions
+0.38), evaluation 5-11 s, ~5 s of loading per run. The default sweep trains 27 stage-2 runs and 9 stage-1
+runs (stage 1 is shared by every variant that leaves it alone; "no_stage1"'s has zero steps):
+27 x (80 x 0.65 + 14) s + 9 x 77 s + ~30 s ~ 2,500 s, about 40 minutes (less when notebook 03's stage 1 of
+seed 0 is there to reuse). At the course's 120 steps (``--lora-steps 120``) it takes about 50 minutes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+
+import torch
 
 from llava_mini.config import TINY, Preset, get_preset
 from llava_mini.course import course_model, course_world, load_processors, plan_run
@@ -76,7 +79,8 @@ class Variant:
 
 
 VARIANTS = {
-    "all_types": Variant(DATA, "stage 2 on all three instruction types (no drills)", lora={"type_repeats": only(*RESPONSE_TYPES)}),
+    "all_types": Variant(DATA, "stage 2 on all three instruction types (no drills)",
+                         lora={"type_repeats": only(*RESPONSE_TYPES)}),
     "conversation": Variant(DATA, "stage 2 on conversations only", lora={"type_repeats": only("conversation")}),
     "detail": Variant(DATA, "stage 2 on detailed descriptions only", lora={"type_repeats": only("detail")}),
     "complex": Variant(DATA, "stage 2 on complex reasoning only", lora={"type_repeats": only("complex")}),
@@ -88,7 +92,8 @@ VARIANTS = {
                           model={"vision_feature_layer": -1}),
     # zero stage-1 steps: the saved projector is its seeded initialization, so stage 2 starts from scratch
     "no_stage1": Variant(DESIGN, "no stage-1 alignment: stage 2 from a fresh projector", stage1={"max_steps": 0}),
-    "linear": Variant(DESIGN, "a linear projector (LLaVA v1) instead of the two-layer MLP", model={"projector_type": "linear"}),
+    "linear": Variant(DESIGN, "a linear projector (LLaVA v1) instead of the two-layer MLP",
+                      model={"projector_type": "linear"}),
 }
 
 
@@ -111,15 +116,17 @@ FINDINGS = [
     # The paper's "no instruction tuning" model only ever saw the naive caption format (its stage-1 data);
     # here stage 2 trains on that format too, so the comparison isolates the data from the extra training.
     Finding("instruction data beats the naive caption format (paper: no instruction tuning)",
-            "LLaVA (Liu et al. 2023), Table 4", "all_types", "captions", (85.1, 21.5), "LLaVA-Bench (COCO) relative score"),
+            "LLaVA (Liu et al. 2023), Table 4", "all_types", "captions", (85.1, 21.5),
+            "LLaVA-Bench (COCO) relative score"),
     Finding("features before the last layer beat the last layer's", "LLaVA (Liu et al. 2023), ScienceQA ablations",
             "course", "last_layer", (90.92, 89.96), "ScienceQA accuracy, %", "micro"),
-    Finding("stage-1 pre-training helps (paper: training from scratch, -5.11)", "LLaVA (Liu et al. 2023), ScienceQA ablations",
-            "course", "no_stage1", (90.92, 85.81), "ScienceQA accuracy, %", "micro"),
+    Finding("stage-1 pre-training helps (paper: training from scratch, -5.11)",
+            "LLaVA (Liu et al. 2023), ScienceQA ablations", "course", "no_stage1", (90.92, 85.81),
+            "ScienceQA accuracy, %", "micro"),
     Finding("a two-layer MLP projector beats the linear projection", "LLaVA-1.5 (Liu et al. 2023, Improved Baselines)",
             "course", "linear", None, "better results reported (several benchmarks)", "micro"),
 ]
-# Table 4 also reports detail + complex (81.9) and conversation + 5% detail + 10% complex (80.5): not run here.
+# Table 4 also reports other mixes (detail + complex: 81.9), not run here.
 
 METRICS = (*KINDS, "micro", "relative", "chair_i")
 
@@ -172,8 +179,9 @@ def text_reference(base: Preset, records, questions) -> dict:
     from transformers import AutoModelForCausalLM
 
     tokenizer, _ = load_processors(base)
-    reference = evaluate_text_scene(AutoModelForCausalLM.from_pretrained(base.model.lm), tokenizer, records, questions,
-                                    system_prompt=base.model.system_prompt, max_new_tokens=base.evaluation.max_new_tokens)
+    language_model = AutoModelForCausalLM.from_pretrained(base.model.lm)
+    reference = evaluate_text_scene(language_model, tokenizer, records, questions, system_prompt=base.model.system_prompt,
+                                    max_new_tokens=base.evaluation.max_new_tokens)
     return read_json(write_json(path, reference))  # as JSON reads it, like every later call
 
 
@@ -184,8 +192,8 @@ def train_and_evaluate(spec: Preset, records, questions, reference: dict, progre
     model, tokenizer, processor = course_model("lora", spec, progress=progress)
     trained = time.perf_counter()
     result = evaluate_model(model, tokenizer, processor, records, questions=questions, seed=ev.seed,
-                                     n_descriptions=ev.n_descriptions, max_new_tokens=ev.max_new_tokens,
-                                     system_prompt=spec.model.system_prompt, progress=progress)
+                            n_descriptions=ev.n_descriptions, max_new_tokens=ev.max_new_tokens,
+                            system_prompt=spec.model.system_prompt, progress=progress)
     del model
     gc.collect()
     entry = summarize_results({"text": reference, "model": {**result, "relative_to": "text"}})["model"]
@@ -223,7 +231,8 @@ def sweep(variants=tuple(VARIANTS), seeds=(0, 1, 2), base: Preset | None = None,
     for name in variants:
         for seed in seeds:
             run = run_variant(name, seed, base, test, reference, progress)
-            took = "cached" if run["cached"] else "trained in {train:.0f} s, evaluated in {eval:.0f} s".format(**run["seconds"])
+            took = ("cached" if run["cached"] else
+                    "trained in {train:.0f} s, evaluated in {eval:.0f} s".format(**run["seconds"]))
             print(f"{name} seed {seed}: micro {run['micro']:.1%}, relative score {run['relative_score']['micro']:.2f} "
                   f"({took})", flush=True)
             runs.append(run)
@@ -286,8 +295,10 @@ def verdicts(summary: dict[str, dict]) -> list[dict]:
 
 
 def _cell(s: dict | None) -> str:
-    """A stats dict in % as 'mean ± std'."""
-    return "-" if s is None else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+    """A stats dict in % as 'mean ± std' (one seed: no spread to show)."""
+    if s is None:
+        return "-"
+    return f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if s["n"] > 1 else "")
 
 
 def summary_table(summary: dict[str, dict]) -> str:
@@ -306,8 +317,9 @@ def findings_table(rows: list[dict]) -> str:
              "|---|---|---|---|---:|---|"]
     for r in rows:
         paper = f"{r['paper'][0]} vs {r['paper'][1]} ({r['paper_metric']})" if r["paper"] else r["paper_metric"]
-        here = f"{r['better']} {_cell(r['measured']['better'])} vs {r['worse']} {_cell(r['measured']['worse'])} ({r['metric']})"
-        lines.append(f"| {r['claim']} | {r['source']} | {paper} | {here} | {100 * r['difference']:+.1f} | {r['verdict']} |")
+        better, worse = (f"{r[side]} {_cell(r['measured'][side])}" for side in ("better", "worse"))
+        lines.append(f"| {r['claim']} | {r['source']} | {paper} | {better} vs {worse} ({r['metric']}) | "
+                     f"{100 * r['difference']:+.1f} | {r['verdict']} |")
     return "\n".join(lines)
 
 
@@ -321,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(work_dir() / "experiments" / "sweep.json"),
                         help="results JSON (the committed one: docs/results/ablation_sweep.json)")
     args = parser.parse_args(argv)
-    import torch
-
     names, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
     base = sweep_base(args.split, args.stage1_steps, args.lora_steps)
     start = time.perf_counter()

@@ -112,7 +112,8 @@ def test_summary_and_verdicts_from_runs():
             for s, m in enumerate(ms)]
     summary = summarize(runs)
     assert list(summary) == ["all_types", "conversation", "course", "linear"]
-    assert summary["all_types"]["seeds"] == [0, 1, 2] and summary["all_types"]["relative"]["mean"] == pytest.approx(0.82 / 0.9)
+    assert summary["all_types"]["seeds"] == [0, 1, 2]
+    assert summary["all_types"]["relative"]["mean"] == pytest.approx(0.82 / 0.9)
     assert "| all_types | data | 3 | 82.0 ± 2.0 |" in summary_table(summary)
     rows = {(r["better"], r["worse"]): r for r in verdicts(summary)}
     assert set(rows) == {("all_types", "conversation"), ("course", "linear")}  # the others' variants did not run

@@ -259,10 +259,14 @@ TINY = Preset(
     # learning rate for the same reason, and sees each conversation 4 times as often as a description:
     # the short grounded answers are what the evaluation asks for, and the 5-9x longer description and
     # reasoning answers would otherwise own most of the token-averaged loss.
+    # Stage 1 caches the frozen tower's features (33 MB for 500 images; exact): 240 steps took 63.7 s instead
+    # of 68.9 s, the same answers after; stage 2 showed no gain (69.9 vs 68.3 s). QLoRA: 30 steps, enough to see
+    # its loss follow LoRA's in 20 s of the budget (its full 120 answered within a point of LoRA, README).
     stages=_stages(
-        stage1=dict(max_steps=240, batch_size=16, lr=2e-3),
+        stage1=dict(max_steps=240, batch_size=16, lr=2e-3, cache_image_features=True),
         lora=dict(max_steps=120, batch_size=16, lr=1e-3, projector_lr=1e-3, lora_r=32, lora_alpha=64,
                   lora_dropout=0.0, type_repeats={"conversation": 4, "drill": 2}),
+        qlora=dict(max_steps=30),
     ),
 )
 

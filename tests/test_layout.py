@@ -3,6 +3,7 @@ per notebook, small files, plotting apart from computation, no import cycles."""
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,15 @@ def test_each_notebook_names_the_subpackage_it_teaches(number, subpackage):
     first = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
     assert f"`llava_mini.{subpackage}`" in "".join(first["source"])
     assert (PACKAGE / subpackage / "__init__.py").exists()
+
+
+def test_each_notebook_states_its_measured_time():
+    """The time line at the top of every notebook ("*Time: about ... (N s)" or "about N s") says what
+    make course measured (docs/results/course_timings.json), so a re-timed course cannot leave it stale."""
+    timings = json.loads((ROOT / "docs" / "results" / "course_timings.json").read_text())["notebooks"]
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        top = "".join("".join(c["source"]) for c in cells[:3] if c["cell_type"] == "markdown")
+        stated = re.search(r"\*Time: about [^*]*?(\d+) s\b", top)
+        assert stated, f"{path.name}: no '*Time: about ... N s' line at the top"
+        assert abs(int(stated.group(1)) - timings[path.name]) <= 1, (path.name, stated.group(0), timings[path.name])

@@ -7,6 +7,7 @@ changing one factor, trained and evaluated over seeds, beside the paper's number
                                        <work>/experiments, so a rerun or an interrupted sweep trains only
                                        what is missing
     summarize(runs), verdicts(summary) mean and spread over seeds; each paper finding (FINDINGS) beside them
+    paired_table(runs, verdicts(...))  the same findings seed by seed (seeds pair up across variants)
 
     python -m llava_mini.experiments [--variants a,b] [--seeds 0,1,2] [--split test] [--out FILE]
                                      [--stage1-steps 240] [--lora-steps 80]
@@ -30,7 +31,8 @@ LoRA 0.63-0.69 s/step on the course mix (the data family drops the long drills a
 0.38), evaluation 5-11 s, ~5 s of loading per run. The default sweep trains 27 stage-2 runs and 9 stage-1
 runs (stage 1 is shared by every variant that leaves it alone; "no_stage1"'s has zero steps):
 27 x (80 x 0.65 + 14) s + 9 x 77 s + ~30 s ~ 2,500 s, about 40 minutes (less when notebook 03's stage 1 of
-seed 0 is there to reuse). At the course's 120 steps (``--lora-steps 120``) it takes about 50 minutes.
+seed 0 is there to reuse). Measured: 2,034 s (34 minutes) on the idle 2-core CPU, with notebook 03's stage 1
+reused (docs/results/ablation_sweep.json). At the course's 120 steps (``--lora-steps 120``) expect about 45.
 """
 
 from __future__ import annotations
@@ -294,6 +296,27 @@ def verdicts(summary: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def paired_differences(runs: list[dict], better: str, worse: str, name: str) -> dict[int, float]:
+    """``better``'s metric ``name`` minus ``worse``'s, seed by seed, for the seeds both ran. Seeds pair up: a
+    seed fixes both stages' initialization and data order in every variant, so a seed that trains well tends
+    to do so in both, and the difference within a seed is less noisy than the two means' spreads suggest."""
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    return {seed: metric(by[better, seed], name) - metric(by[worse, seed], name)
+            for variant_name, seed in sorted(by) if variant_name == better and (worse, seed) in by}
+
+
+def paired_table(runs: list[dict], rows: list[dict]) -> str:
+    """Markdown: each finding of ``verdicts`` seed by seed (points), and whether every seed agrees on the sign."""
+    lines = ["| paper finding | better - worse, seed by seed | mean ± std | same sign in every seed |",
+             "|---|---|---:|---|"]
+    for r in rows:
+        d = paired_differences(runs, r["better"], r["worse"], r["metric"])
+        same = len(d) > 1 and (all(x > 0 for x in d.values()) or all(x < 0 for x in d.values()))
+        seeds = ", ".join(f"seed {k}: {100 * v:+.1f}" for k, v in d.items())
+        lines.append(f"| {r['claim']} | {seeds} | {_cell(stats(list(d.values())))} | {'yes' if same else 'no'} |")
+    return "\n".join(lines)
+
+
 def _cell(s: dict | None) -> str:
     """A stats dict in % as 'mean ± std' (one seed: no spread to show)."""
     if s is None:
@@ -340,12 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     summary = summarize(runs)
     findings = verdicts(summary)
-    print(summary_table(summary), "\n", findings_table(findings), f"\n\nelapsed: {elapsed:.0f} s", sep="\n")
+    print(summary_table(summary), "\n", findings_table(findings), "\n", paired_table(runs, findings),
+          f"\n\nelapsed: {elapsed:.0f} s", sep="\n")
     settings = {"variants": {n: asdict(variant(n)) for n in names}, "seeds": seeds, "split": args.split,
                 "world_seed": base.world.seed, "stages": {k: base.stages[k] for k in ("stage1", "lora")},
                 "evaluation": asdict(base.evaluation), "rule": RULE, "matcher": "strict (evaluate.is_correct)"}
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "elapsed_s": round(elapsed, 1)}
+               "elapsed_s": round(elapsed, 1), "load_average_at_end": os.getloadavg()}  # (what else ran)
     out = write_json(args.out, {"settings": settings, "machine": machine, "runs": runs, "summary": summary,
                                 "findings": findings}, indent=1)
     print(f"wrote {out}")

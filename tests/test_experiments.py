@@ -151,3 +151,17 @@ def test_a_sweep_resumes_from_its_cache_without_retraining(toy_base, tmp_path, m
     # a longer sweep over the same runs trains only what is new (seed 1 of the course variant)
     longer = experiments.sweep(["course"], [0, 1], toy_base)
     assert len(calls) == 3 and [r["cached"] for r in longer] == [True, False] and calls[-1].train_config("lora").seed == 1
+
+
+def test_paired_differences_pair_the_seeds():
+    runs = [fake_run("course", 0, 0.70), fake_run("course", 1, 0.80), fake_run("course", 2, 0.75),
+            fake_run("linear", 0, 0.68), fake_run("linear", 1, 0.79), fake_run("linear", 2, 0.70),
+            fake_run("last_layer", 0, 0.72), fake_run("last_layer", 2, 0.60)]  # seed 1 missing: left out
+    assert experiments.paired_differences(runs, "course", "linear", "micro") == pytest.approx({0: 0.02, 1: 0.01, 2: 0.05})
+    assert experiments.paired_differences(runs, "course", "last_layer", "micro") == pytest.approx({0: -0.02, 2: 0.15})
+    rows = {r["worse"]: r for r in verdicts(summarize(runs))}
+    table = experiments.paired_table(runs, [rows["linear"], rows["last_layer"]])
+    # the means' spreads overlap (within noise), yet every seed agrees on the sign; last_layer's two seeds do not
+    assert rows["linear"]["verdict"] == "within noise"
+    assert "seed 0: +2.0, seed 1: +1.0, seed 2: +5.0 | 2.7 ± 2.1 | yes |" in table
+    assert "seed 0: -2.0, seed 2: +15.0 | 6.5 ± 12.0 | no |" in table

@@ -45,8 +45,9 @@ def test_every_file_is_small_and_the_package_stays_small():
     # COCO CHAIR, COCO grounding questions): about 160; the course-reading issue (#15) the explorer of notebooks
     # 04 and 05 (any image, any question, where the answer looked): about 100; the ablation issue (#14) the
     # experiment runner (variants, cached sweep, summary and verdicts) and stage 2's record files: about 370;
-    # the harmless library notices silenced one by one (quiet.py, #15): about 60
-    assert sum(sizes.values()) <= 7930
+    # the harmless library notices silenced one by one (quiet.py, #15): about 60; the findings seed by seed
+    # (paired_table, #14): about 25
+    assert sum(sizes.values()) <= 7955
 
 
 def test_the_import_graph_has_no_cycles():

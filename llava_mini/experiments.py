@@ -10,7 +10,7 @@ changing one factor, trained and evaluated over seeds, beside the paper's number
     paired_table(runs, verdicts(...))  the same findings seed by seed (seeds pair up across variants)
 
     python -m llava_mini.experiments [--variants a,b] [--seeds 0,1,2] [--split test] [--out FILE]
-                                     [--stage1-steps 240] [--lora-steps 80]
+                                     [--stage1-steps 240] [--lora-steps 80] [--world-seed 0]
 
 Two families. The **data** family is the paper's data-type ablation (LLaVA, Table 4): stage 2 trains on
 conversations only, detailed descriptions only, complex reasoning only, all three, or the naive caption
@@ -140,13 +140,15 @@ def variant(name: str) -> Variant:
 
 
 def sweep_base(split: str = "test", stage1_steps: int = SWEEP_STEPS["stage1"], lora_steps: int = SWEEP_STEPS["lora"],
-               images: int = 150, per_kind: int = 40, descriptions: int = 20) -> Preset:
+               images: int = 150, per_kind: int = 40, descriptions: int = 20, world_seed: int = 0) -> Preset:
     """The tiny preset with a sweep's steps and evaluation: ``images`` of ``split``, ``per_kind`` questions per
-    kind, ``descriptions`` described images (notebook 04's sizes by default)."""
+    kind, ``descriptions`` described images (notebook 04's sizes by default); ``world_seed`` draws another
+    world of the same vocabulary (another sample of images, captions and instruction data) to check on."""
     stages = {k: dict(v) for k, v in TINY.stages.items()}
     stages["stage1"]["max_steps"], stages["lora"]["max_steps"] = stage1_steps, lora_steps
-    return get_preset(TINY, stages=stages, evaluation={"split": split, "images": images, "max_per_kind": per_kind,
-                                                       "n_descriptions": descriptions})
+    return get_preset(TINY, stages=stages, world={"seed": world_seed},
+                      evaluation={"split": split, "images": images, "max_per_kind": per_kind,
+                                  "n_descriptions": descriptions})
 
 
 def variant_preset(name: str, seed: int = 0, base: Preset | None = None) -> Preset:
@@ -353,11 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test"), help="val to choose settings, test to report")
     parser.add_argument("--stage1-steps", type=int, default=SWEEP_STEPS["stage1"], help="the course's: 240")
     parser.add_argument("--lora-steps", type=int, default=SWEEP_STEPS["lora"], help="the course's: 120")
+    parser.add_argument("--world-seed", type=int, default=0, help="another world to check the findings on")
     parser.add_argument("--out", default=str(work_dir() / "experiments" / "sweep.json"),
                         help="results JSON (the committed one: docs/results/ablation_sweep.json)")
     args = parser.parse_args(argv)
     names, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
-    base = sweep_base(args.split, args.stage1_steps, args.lora_steps)
+    base = sweep_base(args.split, args.stage1_steps, args.lora_steps, world_seed=args.world_seed)
     start = time.perf_counter()
     runs = sweep(names, seeds, base)
     elapsed = time.perf_counter() - start

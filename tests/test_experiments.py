@@ -165,3 +165,10 @@ def test_paired_differences_pair_the_seeds():
     assert rows["linear"]["verdict"] == "within noise"
     assert "seed 0: +2.0, seed 1: +1.0, seed 2: +5.0 | 2.7 ± 2.1 | yes |" in table
     assert "seed 0: -2.0, seed 2: +15.0 | 6.5 ± 12.0 | no |" in table
+
+
+def test_another_world_changes_only_the_world():
+    base, other = experiments.sweep_base(), experiments.sweep_base(world_seed=1)
+    spec = variant_preset("no_stage1", 2, other)
+    assert spec.world.seed == 1 and spec.world.sizes == base.world.sizes
+    assert asdict(spec) == {**asdict(variant_preset("no_stage1", 2, base)), "world": asdict(spec.world)}

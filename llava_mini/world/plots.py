@@ -26,6 +26,7 @@ def _done(fig, path: str | Path | None):
 
 def draw_boxes(record: ImageRecord, image=None, ax=None, title: str | None = None, fontsize: int = 8):
     """Show the image with each object's box and label; returns the matplotlib axes."""
+    from matplotlib import patheffects
     from matplotlib.patches import Rectangle
 
     ax = ax if ax is not None else _subplots(figsize=(4, 4))[1]
@@ -34,10 +35,10 @@ def draw_boxes(record: ImageRecord, image=None, ax=None, title: str | None = Non
     for obj in record.objects:
         x, y, w, h = obj.bbox
         # [x, y, w, h] covers pixels x .. x + w - 1, whose outer edges lie at x - 0.5 and x + w - 0.5. Black
-        # dashes over a white line, never a colour: a coloured box could be read as an object's own colour.
-        for colour, style, width in (("white", "solid", 2.5), ("black", (0, (3, 2)), 1.2)):
-            ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=colour, linestyle=style,
-                                   linewidth=width))
+        # dashes with a white halo, never a colour: a coloured box could be read as an object's own colour.
+        halo = [patheffects.Stroke(linewidth=3, foreground="white"), patheffects.Normal()]
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="black", linestyle=(0, (3, 2)),
+                               linewidth=1.2, path_effects=halo))
         ax.text(x - 0.5, y - 1, obj.category, color="black", fontsize=fontsize, va="bottom",
                 bbox=dict(facecolor="white", edgecolor="black", linewidth=0.5, pad=1, alpha=0.9))
     ax.set_axis_off()

@@ -144,6 +144,11 @@ class ModelSettings:
     vision_feature_layer: int = -2      # hidden states of the second-to-last layer
 
 
+# The longest answer generated for a held-out question: a relation answer walks down the box lines twice
+# before its verdict (up to ~90 tokens with four objects).
+ANSWER_TOKENS = 96
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """The held-out evaluation (notebook 04): questions from the ground truth of the test split."""
@@ -153,7 +158,7 @@ class EvalSettings:
     seed: int = 0                       # which questions are drawn
     max_per_kind: int = 100             # questions per kind (colour, shape, count, relation, existence)
     n_descriptions: int = 40            # detailed descriptions scored for hallucinations
-    max_new_tokens: int = 80            # a relation answer quotes both box lines first (~60 tokens)
+    max_new_tokens: int = ANSWER_TOKENS
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def main() -> int:
     items = [(images[q.image_id], q.question) for q in questions]
 
     def answer(order):
-        return evaluate.generate_answers(model, tokenizer, image_processor, [items[k] for k in order], max_new_tokens=80)
+        return evaluate.generate_answers(model, tokenizer, image_processor, [items[k] for k in order])
 
     for _ in range(args.repeats):
         start = time.perf_counter()

@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from llava_mini.config import ANSWER_TOKENS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=300, help="images per split (one question of each kind each)")
     parser.add_argument("--splits", default="val,test")
     parser.add_argument("--fresh-seed", type=int, default=1, help="the seed of a freshly drawn world; -1: none")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--max-new-tokens", type=int, default=ANSWER_TOKENS)
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "text_reference.json"))
     args = parser.parse_args(argv)
 

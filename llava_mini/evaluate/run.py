@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
+from llava_mini.config import ANSWER_TOKENS
 from llava_mini.evaluate.descriptions import description_metrics, score_coco_description, score_description
 from llava_mini.evaluate.judge import judge_answers, judge_items
 from llava_mini.evaluate.matching import extract_answer, is_correct, is_correct_lenient
@@ -50,7 +51,7 @@ def generate_answers(model, tokenizer, image_processor, items: Sequence[tuple[Im
 
 
 def chat(model, tokenizer, image_processor, image, question: str, history: Iterable[tuple[str, str]] = (),
-         system_prompt: str | None = None, max_new_tokens: int = 80, blind: bool = False) -> str:
+         system_prompt: str | None = None, max_new_tokens: int = ANSWER_TOKENS, blind: bool = False) -> str:
     """One greedy answer about ``image`` (a PIL image or a path), after earlier (question, answer) turns."""
     image = image if isinstance(image, Image.Image) else load_image(image, str(image))
     base = unwrap(model)
@@ -100,7 +101,7 @@ def _records_by_id(records: Sequence[ImageRecord], questions: Sequence[Question]
 
 def evaluate_text_scene(language_model, tokenizer, records: Sequence[ImageRecord], questions: Sequence[Question],
                         boxes: bool = True, system_prompt: str | None = None, batch_size: int = 32,
-                        max_new_tokens: int = 80) -> dict:
+                        max_new_tokens: int = ANSWER_TOKENS) -> dict:
     """The questions answered by the LM alone, *told* the scene: each image's symbolic context (captions, and
     boxes if ``boxes``) stands where the image tokens would. A kind the LM cannot answer even from this perfect
     view is limited by what the LM has learned, not by the vision tower. Returns what ``evaluate_model`` does."""
@@ -120,7 +121,7 @@ def evaluate_text_scene(language_model, tokenizer, records: Sequence[ImageRecord
 def evaluate_model(model, tokenizer, image_processor, records: Sequence[ImageRecord],
                    image_dir: str | Path | None = None, questions: Sequence[Question] | None = None, seed: int = 0,
                    per_kind: int = 1, max_per_kind: int | None = None, blind: bool = False, batch_size: int = 32,
-                   max_new_tokens: int = 80, n_descriptions: int | None = 50, description_max_new_tokens: int = 160,
+                   max_new_tokens: int = ANSWER_TOKENS, n_descriptions: int | None = 50, description_max_new_tokens: int = 160,
                    system_prompt: str | None = None, progress: bool = False) -> dict:
     """Answer the held-out questions and describe held-out images (``read_split(root, "test")``); score both.
 

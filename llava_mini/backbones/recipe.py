@@ -4,11 +4,11 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from llava_mini.config import ANSWER_TOKENS
+from llava_mini.train.precision import has_native_bf16
 
 
 @dataclass
@@ -59,32 +59,20 @@ class BackboneRecipe:
                    lm_snapshot_every=0)
 
 
-def native_bf16(device: str) -> bool:
-    """Whether bf16 autocast speeds training up here: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or
-    AMX (about 2x faster than fp32 there; on a CPU without them, emulated bf16 was 30-60x slower than fp32)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def train_in_budget(modules: list, loss_fn, device: str, lr: float, steps: int, minutes: float, log=print,
                     after_step=lambda step: None, max_grad_norm: float | None = 1.0, bf16: bool | None = None,
                     **adamw) -> list[dict]:
     """Train `modules` with AdamW and a cosine schedule for `steps` steps or `minutes`, whichever ends first.
 
     loss_fn(logging) -> (loss, {name: 0-dim tensor}) draws and scores one batch (in bf16 autocast if ``bf16``;
-    default: where the device computes bf16 natively, see ``native_bf16``).
+    default: where the device computes bf16 natively, ``train.precision.has_native_bf16``).
     after_step(step) runs after each optimizer step (e.g. to save a snapshot).
     After 60 steps the step count is cut to what fits in `minutes`, and the cosine then spans the steps that
     fit (a library schedule cannot shrink its horizon mid-run). Returns every 50th step and the last with
     their values; every 500th is also logged."""
     params = [p for module in modules for p in module.to(device).train().parameters()]
     opt = torch.optim.AdamW(params, lr=lr, **adamw)
-    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=native_bf16(device) if bf16 is None else bf16)
+    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=has_native_bf16(device) if bf16 is None else bf16)
     history, start, total, step, more = [], time.time(), steps, 0, True
     while more:
         warmup = max(1, int(0.03 * total))  # linear warmup, then cosine decay to 0 at `total`

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from llava_mini.config import PRECISIONS
@@ -20,9 +22,16 @@ def resolve_precision(precision: str = "auto") -> str:
     return "fp32"
 
 
-def has_native_bf16() -> bool:
-    """Whether the current GPU computes in bf16 itself. Plain ``is_bf16_supported()`` also counts emulation,
-    which says True on a T4, where bf16 is only emulated (slowly)."""
+def has_native_bf16(device: str = "cuda") -> bool:
+    """Whether the device computes in bf16 itself: the current GPU, or for "cpu" a CPU with AVX-512 BF16 or AMX
+    (without them an LM step of the backbone build took 88 s in bf16 autocast against 3.2 s in fp32). Plain
+    ``is_bf16_supported()`` also counts emulation, which says True on a T4, where bf16 is only emulated (slowly)."""
+    if device.startswith("cpu"):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # a torch without including_emulation: native bf16 came with compute capability 8.0

@@ -144,9 +144,9 @@ class ModelSettings:
     vision_feature_layer: int = -2      # hidden states of the second-to-last layer
 
 
-# The longest answer generated for a held-out question: a relation answer quotes both box lines before its
-# verdict (~60 tokens). (The relation walk of docs/results/relation_walk_trial needs 96.)
-ANSWER_TOKENS = 80
+# The longest answer generated for a held-out question: a relation answer walks down the box lines to both
+# named objects before its verdict (up to ~89 tokens with six objects).
+ANSWER_TOKENS = 96
 
 
 @dataclass(frozen=True)

@@ -423,16 +423,19 @@ def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
         turns = r["conversations"]
         for q, a in zip(turns[::2], turns[1::2]):
             q, a = q["value"].replace("<image>", "").strip(), a["value"]
-            if a.startswith("The boxes say"):  # a relation from the boxes: both lines quoted, then the rule
-                m = re.match(r'The boxes say "(.+?): \[(.+?)\]" and "(.+?): \[(.+?)\]", so (?:yes, |no, )?the '
-                             r"(.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
+            if a.startswith("Down to the"):  # a relation from the boxes: two walks down the lines, then the rule
+                m = re.match(r"Down to the (.+?): (.+?): \[(.+?)\]\. Down to the (.+?): (.+?): \[(.+?)\], so "
+                             r"(?:yes, |no, )?the (.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
                 assert m, a
-                box_a, box_b = ([float(v) for v in m[k].split(", ")] for k in (2, 4))
-                A, B = find(objs, *mentions(m[5])[0]), find(objs, *mentions(m[7])[0])
-                assert (m[1], m[3]) == (A.category, B.category), a
-                assert world_relation(_centre(A), _centre(B)) == m[6], a
-                centre = lambda b: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)  # the quoted lines settle it too
-                assert world_relation(centre(box_a), centre(box_b)) == m[6], a
+                box_a, box_b = ([float(v) for v in m[k].split(", ")] for k in (3, 6))
+                A, B = find(objs, *mentions(m[7])[0]), find(objs, *mentions(m[9])[0])
+                assert (m[1], m[4]) == (m[7], m[9]), a  # each walk goes to the object the verdict names
+                labels = [o.category for o in by_file[r["image"]].objects]  # the box lines' order
+                for walked, obj in ((m[2], A), (m[5], B)):  # every line in order, up to the named object's
+                    assert walked.split(", ") == labels[:walked.count(", ") + 1] and walked.endswith(obj.category), a
+                assert world_relation(_centre(A), _centre(B)) == m[8], a
+                centre = lambda b: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)  # the copied lines settle it too
+                assert world_relation(centre(box_a), centre(box_b)) == m[8], a
                 kinds["relation from boxes"] += 1
             else:
                 kinds[check_conversation_pair(q, a, objs)] += 1

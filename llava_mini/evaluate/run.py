@@ -64,7 +64,7 @@ def chat(model, tokenizer, image_processor, image, question: str, history: Itera
 def kind_by_kind(questions: Sequence[Question], answer) -> list:
     """``answer(order) -> replies`` for the question indices ``order``, the questions sorted by kind (stably); the
     replies come back in the order of ``questions``. A batch waits for its longest reply, and kinds differ most in
-    length: a relation answer quotes two box lines (~60 tokens), a count is five words."""
+    length: a relation answer walks down the box lines twice (up to ~90 tokens), a count is five words."""
     order = sorted(range(len(questions)), key=lambda k: questions[k].kind)
     replies = [None] * len(questions)
     for k, reply in zip(order, answer(order), strict=True):

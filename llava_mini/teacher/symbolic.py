@@ -110,7 +110,7 @@ class _Dialogue:
 
     def relation(self):
         """Of two named objects: with boxes any clear-cut pair (world.relation on the centres), the answer
-        stating the extents it compares; without, only what a caption states."""
+        first copying both objects' box lines; without, only what a caption states."""
         boxed = all(o.box for o in self.objs)
         facts = [(i, relation(a.center, b.center), j) for i, a in enumerate(self.objs) for j, b in
                  enumerate(self.objs) if i != j] if boxed else self.r.relations

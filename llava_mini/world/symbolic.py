@@ -16,7 +16,7 @@ def normalized_box(obj: ObjectAnnotation, width: int, height: int) -> tuple[floa
 
 
 def box_text(label: str, box: tuple[float, float, float, float]) -> str:
-    """'red circle: [0.125, 0.250, 0.469, 0.594]' from a normalised box (the teacher quotes lines in this form)."""
+    """'red circle: [0.125, 0.250, 0.469, 0.594]' from a normalised box (the teacher's answers copy lines in this form)."""
     return f"{label}: [{', '.join(f'{v:.3f}' for v in box)}]"
 
 

@@ -99,7 +99,8 @@ def course_instruct_data(
         return paths
     records = read_split(world_root, split).records if from_world else records
     # The drills read the shapes world's sentences; of a photo they would state falsehoods ("zero objects").
-    write_json(paths["drills"], drill_records(records, seed) if from_world else [])
+    # Their relation answers give the verdict alone: an image shows no box coordinates to walk down.
+    write_json(paths["drills"], drill_records(records, seed, walk=False) if from_world else [])
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
         records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],

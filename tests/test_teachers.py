@@ -443,6 +443,20 @@ def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
     assert kinds["colour"] >= 10 and kinds["shape"] >= 10, kinds
 
 
+def test_image_drills_give_the_relation_verdict_without_box_lines(dataset):
+    """Stage 2's drills (walk=False): an image shows no coordinates, so its relation answers are the verdict alone,
+    still true of the world; the other kinds are as in the LM's drills."""
+    from llava_mini.teacher import drill_records
+
+    by_file, kinds = {rec.file_name: rec for rec in dataset}, Counter()
+    for r in drill_records(dataset[:60], seed=0, walk=False):
+        turns = r["conversations"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            assert "Down to the" not in a["value"] and "[" not in a["value"], a["value"]
+            kinds[check_conversation_pair(q["value"].replace("<image>", "").strip(), a["value"], truth(by_file[r["image"]]))] += 1
+    assert sum(n for kind, n in kinds.items() if kind.startswith("relation")) >= 30, kinds
+
+
 def _centre(o):
     x, y, w, h = o.bbox
     return (x + w / 2) / SIZE, (y + h / 2) / SIZE

@@ -28,8 +28,8 @@ class _Dialogue:
     """Question-answer pairs, one kind per method; each returns (kind, question, answer). A kind the context
     cannot settle leaves nothing to pick from, and `pick` (random.choice) of an empty list raises IndexError."""
 
-    def __init__(self, reading: SceneReading, rng: random.Random):
-        self.r, self.rng, self.objs, self.pick = reading, rng, reading.objects, rng.choice
+    def __init__(self, reading: SceneReading, rng: random.Random, walk: bool = True):
+        self.r, self.rng, self.objs, self.pick, self.walk = reading, rng, reading.objects, rng.choice, walk
 
     def colour(self):  # of a shape that occurs once
         shapes = [o.shape for o in self.objs]
@@ -122,7 +122,7 @@ class _Dialogue:
         # (asked to quote it, the earlier LM copied the first line's numbers 93% of the time); walking line by
         # line and stopping at a label is what its colour answers already do well.
         step, style = "", self.rng.random()
-        if boxed:
+        if boxed and self.walk:
             step = f"Down to the {a}: {self._walk_to(i)}. Down to the {b}: {self._walk_to(j)}, so "
         answer = f"{step}the {a} is {rel} the {b}." if step else f"The {a} is {rel} the {b}."
         if style < 0.55:
@@ -194,10 +194,11 @@ DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "c
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
-                weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
+                weights: dict[str, float] | None = None, walk: bool = True) -> list[tuple[str, str]]:
     """Up to n (question, answer) pairs about a complete reading, drawn with ``weights`` (default
-    DRILL_WEIGHTS; keys name the question makers), no question twice."""
-    d, made, weights = _Dialogue(reading, rng), {}, weights or DRILL_WEIGHTS
+    DRILL_WEIGHTS; keys name the question makers), no question twice. ``walk=False``: relation answers give
+    the verdict alone, without the walk down the box lines."""
+    d, made, weights = _Dialogue(reading, rng, walk), {}, weights or DRILL_WEIGHTS
     makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:
@@ -210,14 +211,15 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
     return list(made.items())
 
 
-def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str, float] | None = None) -> list[dict]:
+def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str, float] | None = None,
+                  walk: bool = True) -> list[dict]:
     """``per_image`` drill records (``write_drill``) per world ImageRecord, read from its captions and boxes:
     short questions of the held-out kinds, like the short-answer VQA data LLaVA v1.5 added to its mix. Ids end
     in "_drill<k>" (teacher.record_type "drill"); a scene the reader cannot take apart gets none."""
     out = []
     for r, k in ((r, k) for r in records for k in range(per_image)):
         rng = random.Random(f"{seed}:{r.file_name}:drill{k}")
-        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights):
+        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights, walk=walk):
             out.append(make_record(f"{Path(r.file_name).stem}_drill{k}", r.file_name, pairs, rng))
     return out
 

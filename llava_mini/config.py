@@ -60,6 +60,9 @@ class TrainConfig:
     qlora: bool = False                   # the LM was loaded in 4-bit (see qlora_quantization_config)
     gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
     checkpoint_every: int = 1             # with checkpointing, only every n-th LM layer (the rest keep theirs)
+    # with checkpointing, a layer also keeps the outputs of its frozen matmuls and attention and reruns only the
+    # cheap ops in backward (selective checkpointing, model/recompute.py): less time for more memory, same numbers
+    keep_matmul_outputs: bool = False
     # The labelled-only loss computes at most this many LM-head logits at once (rows = this // vocabulary; 2**26:
     # 256 MiB in fp32, 441 rows of a 152K vocabulary, more than the tiny preset ever has); None: all at once.
     loss_chunk_logits: int | None = 2 ** 26
@@ -190,7 +193,7 @@ class Preset:
 # Settings that say where and how visibly a run goes, not what it learns: not part of the reuse key
 # (nor the exact speed / memory options: they change the weights by rounding only).
 NOT_IN_KEY = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints", "checkpoint_every",
-              "loss_chunk_logits", "cache_image_features"}
+              "keep_matmul_outputs", "loss_chunk_logits", "cache_image_features"}
 
 
 @dataclass

@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                      "answer_fraction": shape["answer_fraction"], "seed": args.seed, "image_reuse": args.image_reuse,
                      "attention": {route: runs[0][route]["attention"] for route in ROUTES},
                      "ours_defaults": {k: getattr(cfg, k) for k in ("loss_chunk_logits", "cache_image_features",
-                                                                    "checkpoint_every")},
+                                                                    "checkpoint_every", "keep_matmul_outputs")},
                      "vision": shape["vision"], "lm": shape["lm"]},
         "tokens_counted": "non-padding input positions, image tokens included (attention_mask sum); first step untimed",
         "tolerance": tolerance, "runs": runs,

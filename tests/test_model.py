@@ -209,6 +209,43 @@ def test_checkpointing_every_second_layer_recomputes_those_only(tokenizer, proce
     assert not model.is_gradient_checkpointing
 
 
+class FrozenMatmuls(TorchDispatchMode):
+    """Counts matmuls with a frozen weight (the base layers' q, k, v, o, gate, up, down) while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and not args[-1].requires_grad:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_checkpointing_that_keeps_matmul_outputs_reruns_no_frozen_matmul(tokenizer, processor):
+    batch, model = make_batch(tokenizer, processor), make_model(tokenizer, num_hidden_layers=2)
+    model.language_model.requires_grad_(False)  # the base weights are frozen in stage 2 (LoRA trains beside them)
+    model.train()
+    counts = {}
+    for name, options in (("plain", None), ("checkpointed", {}), ("kept", {"keep_matmul_outputs": True})):
+        if options is not None:
+            model.gradient_checkpointing_enable(**options)
+        model.zero_grad()
+        with FrozenMatmuls() as forward:
+            loss = model(**batch).loss
+        with FrozenMatmuls() as backward:
+            loss.backward()
+        counts[name] = (forward.calls, backward.calls, loss.detach(), model.projector.linear_1.weight.grad.clone())
+        model.gradient_checkpointing_disable()
+    ahead, behind = counts["plain"][:2]
+    # plain checkpointing reruns the layers' matmuls (all but the last one each, which backward does not need)
+    assert ahead > 0 and counts["checkpointed"][1] >= behind + ahead // 2
+    assert counts["kept"][:2] == (ahead, behind)  # kept: no frozen matmul runs twice
+    for name in ("checkpointed", "kept"):  # and the same numbers
+        assert torch.equal(counts[name][2], counts["plain"][2]), name
+        torch.testing.assert_close(counts[name][3], counts["plain"][3], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_generate_returns_only_new_tokens(tokenizer, processor):
     model = make_model(tokenizer)
     prompts = [build_prompt(tokenizer, "What colour is the circle?", N_IMAGE)] * 2

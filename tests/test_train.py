@@ -200,6 +200,7 @@ def test_sampler_splits_the_same_global_batches_across_processes_and_accumulatio
 
 @pytest.mark.parametrize("changes", [dict(gradient_checkpointing=True),
                                      dict(gradient_checkpointing=True, checkpoint_every=2),
+                                     dict(gradient_checkpointing=True, keep_matmul_outputs=True),
                                      dict(loss_chunk_logits=200),  # a few rows per chunk
                                      dict(cache_image_features=True)])
 def test_speed_and_memory_options_change_nothing_else(setup, tmp_path, changes):

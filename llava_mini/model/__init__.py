@@ -1,6 +1,6 @@
 """Notebook 03, the LLaVA model: projector, llava (composition, splice, saving), conversation (records -> ids
 and labels), images, data (dataset, collator), generate (the one decoding loop), export (to transformers and peft),
-plots."""
+recompute (what gradient checkpointing keeps), plots."""
 
 from llava_mini.model.conversation import (  # noqa: F401
     IGNORE_INDEX, TokenizationMismatch, RecordTooLong, to_messages, image_token_id, add_image_token, render_ids,

@@ -33,6 +33,7 @@ from llava_mini.files import read_json, write_json
 from llava_mini.model.conversation import IGNORE_INDEX
 from llava_mini.model.export import export_to_transformers
 from llava_mini.model.projector import Projector
+from llava_mini.model.recompute import keep_matmul_outputs_context
 
 CONFIG_NAME = "llava_mini.json"
 PROJECTOR_WEIGHTS = "projector.safetensors"
@@ -101,13 +102,19 @@ class LlavaMini(nn.Module):
 
     # --- gradient checkpointing, on the LM only (the frozen vision tower stores no activations for backward)
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, every: int = 1,
-                                      **kwargs) -> None:
+                                      keep_matmul_outputs: bool = False, **kwargs) -> None:
         """Non-reentrant by default: it needs no ``enable_input_require_grads`` even with frozen embeddings
         (the projector output already carries gradients). every: checkpoint only every n-th decoder layer; the
-        others keep their activations (less recompute where memory allows)."""
+        others keep their activations (less recompute where memory allows). keep_matmul_outputs: a checkpointed
+        layer also keeps its frozen matmuls' and attention's outputs and reruns only the cheap rest (recompute.py)."""
         lm = self.language_model  # activation_checkpointing_*: the name since transformers 5.2x
         enable = getattr(lm, "activation_checkpointing_enable", lm.gradient_checkpointing_enable)
-        enable(gradient_checkpointing_kwargs or {"use_reentrant": False}, **kwargs)
+        options = dict(gradient_checkpointing_kwargs or {"use_reentrant": False})
+        if keep_matmul_outputs:
+            if options.get("use_reentrant"):
+                raise ValueError("keep_matmul_outputs needs non-reentrant checkpointing (use_reentrant=False)")
+            options["context_fn"] = keep_matmul_outputs_context
+        enable(options, **kwargs)
         # Each layer reads its own flag; set here, not with transformers' every_n_layers (5.2x; 5.17 lacks it).
         layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
         for i, layer in enumerate(layers):

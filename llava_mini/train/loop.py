@@ -62,7 +62,7 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
         raise ValueError("cache_image_features needs a frozen vision tower: its features would change")
     features = {} if cfg.cache_image_features else None  # pixels' digest -> (N, D_vision), this run only
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(every=cfg.checkpoint_every)
+        model.gradient_checkpointing_enable(every=cfg.checkpoint_every, keep_matmul_outputs=cfg.keep_matmul_outputs)
     model.train()
     model.vision_tower.eval()  # frozen: no dropout there; the LM keeps train mode for LoRA dropout
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))

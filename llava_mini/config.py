@@ -61,8 +61,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute LM activations in backward: memory for ~30% time
     checkpoint_every: int = 1             # with checkpointing, only every n-th LM layer (the rest keep theirs)
     # with checkpointing, a layer also keeps the outputs of its frozen matmuls and attention and reruns only the
-    # cheap ops in backward (selective checkpointing, model/recompute.py): same numbers, more memory, meant for
-    # less time (not seen at the colab shape on a 2-core CPU: README)
+    # cheap ops in backward (selective checkpointing, model/recompute.py): the same numbers up to rounding, more
+    # memory, meant for less time (not seen at the colab shape on a 2-core CPU: README)
     keep_matmul_outputs: bool = False
     # The labelled-only loss computes at most this many LM-head logits at once (rows = this // vocabulary; 2**26:
     # 256 MiB in fp32, 441 rows of a 152K vocabulary, more than the tiny preset ever has); None: all at once.

@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
 
     from llava_mini.course import course_world
     from llava_mini.evaluate import evaluate_text_scene, make_questions
+    from llava_mini.evaluate.matching import extract_answer
     from llava_mini.evaluate.questions import _HORIZONTAL_QS, _VERTICAL_QS
     from llava_mini.world import read_split
 
@@ -56,8 +57,7 @@ def main(argv=None) -> dict:
     rows = evaluate_text_scene(lm, tokenizer, records, questions)["answers"]
     by_wording = {}
     for (i, template, original), row in zip(variants, rows):
-        words = set(re.findall(r"[a-z]+", row["answer"].lower()))
-        swapped = not row["correct"] and OPPOSITE[row["expected"]] in words and row["expected"] not in words
+        swapped = extract_answer("relation", row["answer"]) == OPPOSITE[row["expected"]]  # the matcher's reading
         entry = by_wording.setdefault(template, {"asked": 0, "right": 0, "opposite_verdict": 0, "drawn_by_eval": 0})
         entry["asked"] += 1
         entry["right"] += bool(row["correct"])

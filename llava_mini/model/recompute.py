@@ -6,7 +6,7 @@ forward and the rerun. ``keep_matmul_outputs`` is a policy for torch's selective
 the outputs of matmuls with a frozen weight (the base layers: q, k, v, o, gate, up, down) and of the attention
 kernel are kept, and only the cheap rest is rerun (norms, rotary embedding, activations, LoRA's own small
 matmuls, and its dropout, which replays the same masks from the saved RNG state). The loss and gradients are
-the same numbers; the memory is one layer's worth of those outputs per checkpointed layer. At the colab shape
+the same up to rounding; the memory is one layer's worth of those outputs per checkpointed layer. At the colab shape
 on a 2-core CPU it was no faster than plain checkpointing (README, Benchmarks), so it is off by default.
 """
 

@@ -1,6 +1,7 @@
 """The teachers. The symbolic teacher's answers are checked against the ground truth of the world it never
 read (the instances file), on 250 images; the local transformers teacher runs a tiny model built here."""
 
+import random
 import re
 from collections import Counter
 
@@ -94,9 +95,11 @@ def check_conversation_pair(q, a, objs):
     """Return the kind of the question after checking the answer against the ground truth."""
     ql, al = q.lower(), a.lower()
     named = mentions(q)
-    if any(k in ql for k in ("left", "right", "above", "below", "higher", "relative", "compared")) and len(named) == 2:
-        # "Compared with the B, is the A ...?" names the reference object first
-        A, B = (find(objs, *m) for m in (named[::-1] if ql.startswith("compared with") else named))
+    relation_words = ("left", "right", "above", "below", "higher", "over", "under", "relative", "compared")
+    if any(k in ql for k in relation_words) and len(named) == 2:
+        # "Compared with the B, is the A ...?" (and two more wordings) name the reference object first
+        reference_first = ql.startswith(("compared with", "taking the", "measured from"))
+        A, B = (find(objs, *m) for m in (named[::-1] if reference_first else named))
         expected = true_relation(A, B)
         assert expected is not None
         step, _, verdict = al.rpartition(", so ")
@@ -106,7 +109,7 @@ def check_conversation_pair(q, a, objs):
         said = [r for r in RELS if r in verdict]
         assert said == [expected], (q, a, expected)
         if " or " not in ql and ql.startswith("is the"):
-            asked = [r for r in RELS if r in ql]
+            asked = [r for r in RELS if r in ql.replace(" over ", " above ").replace(" under ", " below ")]
             assert verdict.startswith("yes") == (asked == [expected]) and verdict.startswith(("yes", "no")), (q, a)
             return "relation yes/no"
         return "relation " + ("left/right" if "left" in expected or "right" in expected else "above/below")
@@ -441,6 +444,24 @@ def test_drills_ask_the_held_out_kinds_and_state_their_steps(dataset):
                 kinds[check_conversation_pair(q, a, objs)] += 1
     assert kinds["relation from boxes"] >= 30 and kinds["existence no"] >= 30 and kinds["existence yes"] >= 10, kinds
     assert kinds["colour"] >= 10 and kinds["shape"] >= 10, kinds
+
+
+def test_the_teacher_never_asks_in_the_held_out_wordings(dataset):
+    """The evaluation's question wordings stay held out: no drill or conversation asks a question the
+    evaluation could ask of the same image, so a score measures reading, not a remembered sentence."""
+    from llava_mini.evaluate import make_questions
+    from llava_mini.teacher import drill_records
+    from llava_mini.teacher.symbolic import write_conversation
+
+    records = dataset[:200]
+    asked = {q.question for seed in range(5) for q in make_questions(records, seed=seed, per_kind=3)}
+    taught = {turn["value"].replace("<image>", "").strip() for r in drill_records(records, seed=0, per_image=3)
+              for turn in r["conversations"][::2]}
+    for k, rec in enumerate(records):
+        text = write_conversation(read_context(record_context(rec, "conversation")), random.Random(k))
+        taught |= {q for q, _ in parse_qa_pairs(text)}
+    assert sum("left" in q or "above" in q for q in taught) > 100 and len(asked) > 500
+    assert not taught & asked, sorted(taught & asked)[:5]
 
 
 def test_image_drills_give_the_relation_verdict_without_box_lines(dataset):

@@ -24,6 +24,20 @@ _COMMON_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 _COMMON_SHAPES = ("circle", "square", "triangle", "star", "cross")
 
 
+# How a two-way relation question is worded. Half the wordings name the reference object {b} first; the answer
+# still speaks of the {a} asked about, so the reader must keep track of which object is the subject (the text
+# reference took the first-named object as the subject when only a few wordings did this).
+_ASK_LEFT_RIGHT = ("Is the {a} to the left or to the right of the {b}?", "Is the {a} on the left or the right of the {b}?",
+                   "Compared with the {b}, is the {a} on the left or the right?",
+                   "Taking the {b} as the reference, is the {a} on its left or on its right?",
+                   "Measured from the {b}, does the {a} lie to the left or to the right?")
+_ASK_ABOVE_BELOW = ("Is the {a} above or below the {b}?", "Is the {a} higher or lower than the {b}?",
+                    "Compared with the {b}, is the {a} higher or lower?",
+                    "Taking the {b} as the reference, is the {a} above it or below it?",
+                    "Measured from the {b}, does the {a} lie higher or lower?",
+                    "Does the {a} sit over the {b} or under it?")
+
+
 class _Dialogue:
     """Question-answer pairs, one kind per method; each returns (kind, question, answer). A kind the context
     cannot settle leaves nothing to pick from, and `pick` (random.choice) of an empty list raises IndexError."""
@@ -125,18 +139,14 @@ class _Dialogue:
         if boxed and self.walk:
             step = f"Down to the {a}: {self._walk_to(i)}. Down to the {b}: {self._walk_to(j)}, so "
         answer = f"{step}the {a} is {rel} the {b}." if step else f"The {a} is {rel} the {b}."
+        vertical = rel in ("above", "below")
         if style < 0.55:
-            # Some name the reference object first: the answer still speaks of the {a} they ask about.
-            if rel in ("to the left of", "to the right of"):
-                q = self.pick([f"Is the {a} to the left or to the right of the {b}?",
-                               f"Is the {a} on the left or the right of the {b}?",
-                               f"Compared with the {b}, is the {a} on the left or the right?"])
-            else:
-                q = self.pick([f"Is the {a} above or below the {b}?", f"Is the {a} higher or lower than the {b}?",
-                               f"Compared with the {b}, is the {a} higher or lower?"])
+            q = self.pick(_ASK_ABOVE_BELOW if vertical else _ASK_LEFT_RIGHT).format(a=a, b=b)
         elif style < 0.8:
             asked = rel if self.rng.random() < 0.5 else OPPOSITE[rel]
             verdict = f"{'yes' if asked == rel else 'no'}, the {a} is {rel} the {b}."
+            if vertical and self.rng.random() < 0.3:  # the same question in plainer words
+                asked = {"above": "over", "below": "under"}[asked]
             q, answer = f"Is the {a} {asked} the {b}?", step + verdict if step else capitalize(verdict)
         else:
             q = self.pick([f"Where is the {a} relative to the {b}?", f"How is the {a} placed compared with the {b}?"])

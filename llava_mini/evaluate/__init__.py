@@ -3,6 +3,7 @@ run (the model answers), report, plots, judge (an LLM judge) and binding (the bi
 
 from llava_mini.evaluate.binding import (  # noqa: F401
     DIRECTIONS, patch_tokens, binding_questions, AttentionRead, BindingResult, fit_attention_read, binding_probe,
+    RelationRead, relation_questions,
 )
 from llava_mini.evaluate.descriptions import (  # noqa: F401
     mentioned_objects, score_description, description_metrics, COCO_WORDS_FILE, coco_terms, coco_mentions,

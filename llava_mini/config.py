@@ -127,6 +127,9 @@ class DataSettings:
     # The record files stage 2 trains on, by their course.training_data() names (one the data lacks is skipped:
     # COCO has no drills); ("stage1",) trains it on the caption records, the paper's naive caption expansion
     stage2_records: tuple[str, ...] = ("instruct", "drills")
+    # How the drills' relation answers reach their verdict (teacher.RELATION_STEPS): an image shows no box lines
+    # to walk down, so "verdict" (none) or "centres" (each object's centre along the asked axis, then the verdict)
+    drill_relation_steps: str = "verdict"
 
     def __post_init__(self):
         object.__setattr__(self, "stage2_records", tuple(self.stage2_records))  # (a list from JSON or a caller)
@@ -219,7 +222,8 @@ class RunConfig:
         config = self.to_dict()
         config.pop("evaluation")
         if self.stage == "stage1":  # it trains on the captions whatever stage 2 reads: one stage 1 for both
-            config["data"].pop("stage2_records")
+            for key in ("stage2_records", "drill_relation_steps"):
+                config["data"].pop(key)
         config["train"] = {k: v for k, v in config["train"].items() if k not in NOT_IN_KEY}
         return fingerprint({"config": config, "backbones": backbones, "records": records})
 

@@ -61,6 +61,7 @@ def course_instruct_data(
     records: Sequence[ImageRecord] | None = None,
     prefix: str = "",
     workers: int = 1,
+    relation_steps: str = "verdict",
 ) -> dict[str, Path]:
     """The course's instruction data for one split of the shapes world, generated once and then reused.
 
@@ -71,7 +72,8 @@ def course_instruct_data(
              "images": the split's image folder (what each record's "image" is relative to)}.
     Files live under work_dir()/"instruct" (or ``out_dir``), named ``<prefix>llava_instruct_<split>.json`` and so
     on; they are reused while the images, seed, teacher, prompts and seed examples are unchanged, and regenerated
-    otherwise (the response cache keeps that cheap). ``records`` (COCO's, say) stand in for the world's split:
+    otherwise (the response cache keeps that cheap). ``relation_steps``: how the drills' relation answers reach
+    their verdict (teacher.RELATION_STEPS; config.DataSettings.drill_relation_steps). ``records`` (COCO's, say) stand in for the world's split:
     the world is then neither made nor read. ``workers``: concurrent teacher calls (for a remote server).
     """
     teacher = teacher or SymbolicTeacher(seed)
@@ -92,15 +94,14 @@ def course_instruct_data(
     key = fingerprint({
         "teacher": teacher.identity, "types": types, "seed": seed, "split": split, "prompts": SYSTEM_MESSAGES,
         "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS], "seeds": {t: load_seeds(t) for t in types},
-        "world": source,
+        "world": source, "drill_relation_steps": relation_steps,
     })
     if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
             paths[k].exists() for k in ("instruct", "stage1", "summary", "drills")):
         return paths
     records = read_split(world_root, split).records if from_world else records
     # The drills read the shapes world's sentences; of a photo they would state falsehoods ("zero objects").
-    # Their relation answers give the verdict alone: an image shows no box coordinates to walk down.
-    write_json(paths["drills"], drill_records(records, seed, walk=False) if from_world else [])
+    write_json(paths["drills"], drill_records(records, seed, relation_steps=relation_steps) if from_world else [])
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
         records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
@@ -174,7 +175,7 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
         elif data.teacher not in ("symbolic", "env"):
             raise ValueError(f"data.teacher must be 'symbolic' or 'env' (an OpenAI-compatible server), not {data.teacher!r}")
         paths = course_instruct_data(seed=preset.world.seed, teacher=teacher, progress=False,
-                                     world_sizes=preset.world.sizes)
+                                     world_sizes=preset.world.sizes, relation_steps=data.drill_relation_steps)
         return {k: paths[k] for k in ("stage1", "instruct", "drills", "images")}
     root = work_dir()
     paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}

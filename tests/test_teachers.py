@@ -465,12 +465,12 @@ def test_the_teacher_never_asks_in_the_held_out_wordings(dataset):
 
 
 def test_image_drills_give_the_relation_verdict_without_box_lines(dataset):
-    """Stage 2's drills (walk=False): an image shows no coordinates, so its relation answers are the verdict alone,
+    """Stage 2's drills ("verdict"): an image shows no coordinates, so its relation answers are the verdict alone,
     still true of the world; the other kinds are as in the LM's drills."""
     from llava_mini.teacher import drill_records
 
     by_file, kinds = {rec.file_name: rec for rec in dataset}, Counter()
-    for r in drill_records(dataset[:60], seed=0, walk=False):
+    for r in drill_records(dataset[:60], seed=0, relation_steps="verdict"):
         turns = r["conversations"]
         for q, a in zip(turns[::2], turns[1::2]):
             assert "Down to the" not in a["value"] and "[" not in a["value"], a["value"]
@@ -499,3 +499,27 @@ def test_colour_answers_scan_the_box_lines_only_when_they_name_the_shape():
                 assert ";" not in a and ", so" not in a and colour in a, (boxes, a)
             elif expected is None:
                 assert a.endswith(f", so the {shape} is {colour}.") and a.startswith("The red one is a circle"), a
+
+
+def test_image_drills_can_state_both_centres_before_the_verdict(dataset):
+    """The "centres" step: each named object's centre along the asked axis to a tenth, the true one, and the
+    verdict it settles (clear-cut centres never round alike); no relation word before the verdict."""
+    from llava_mini.teacher import drill_records
+    from llava_mini.world import relation as world_relation
+
+    by_file, stepped = {rec.file_name: rec for rec in dataset}, 0
+    for r in drill_records(dataset[:60], seed=0, relation_steps="centres"):
+        objs = truth(by_file[r["image"]])
+        for a in (t["value"] for t in r["conversations"][1::2] if "centred" in t["value"]):
+            m = re.match(r"The (.+?) is centred at ([xy]) (\d\.\d) and the (.+?) at \2 (\d\.\d), so "
+                         r"(?:yes, |no, )?the (.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
+            assert m and (m[1], m[4]) == (m[6], m[8]), a
+            A, B = find(objs, *mentions(m[1])[0]), find(objs, *mentions(m[4])[0])
+            axis = "xy".index(m[2])
+            assert (m[7] in ("above", "below")) == bool(axis) and world_relation(_centre(A), _centre(B)) == m[7], a
+            assert all(abs(float(v) - _centre(o)[axis]) <= 0.05 + 1e-9 for v, o in ((m[3], A), (m[5], B))), a
+            assert (float(m[3]) < float(m[5])) == (m[7] in ("to the left of", "above")), a
+            stepped += 1
+    assert stepped >= 30
+    with pytest.raises(ValueError, match="relation_steps must be one of"):
+        drill_records(dataset[:1], relation_steps="walk down")

@@ -38,12 +38,23 @@ _ASK_ABOVE_BELOW = ("Is the {a} above or below the {b}?", "Is the {a} higher or 
                     "Does the {a} sit over the {b} or under it?")
 
 
+# How a relation answer about boxed objects reaches its verdict:
+#   "walk"     down the box lines to each named object, copying its line (the LM's text drills: it reads boxes)
+#   "centres"  each object's centre along the asked axis, to one decimal ("x 0.2 and x 0.6"): what an image shows
+#              of where a thing is, one look-up per object; two clear-cut centres (world.relation: >= 0.11 apart)
+#              never round to the same tenth, so the step always settles the verdict
+#   "verdict"  no step
+RELATION_STEPS = ("walk", "centres", "verdict")
+
+
 class _Dialogue:
     """Question-answer pairs, one kind per method; each returns (kind, question, answer). A kind the context
     cannot settle leaves nothing to pick from, and `pick` (random.choice) of an empty list raises IndexError."""
 
-    def __init__(self, reading: SceneReading, rng: random.Random, walk: bool = True):
-        self.r, self.rng, self.objs, self.pick, self.walk = reading, rng, reading.objects, rng.choice, walk
+    def __init__(self, reading: SceneReading, rng: random.Random, relation_steps: str = "walk"):
+        if relation_steps not in RELATION_STEPS:
+            raise ValueError(f"relation_steps must be one of {RELATION_STEPS}, got {relation_steps!r}")
+        self.r, self.rng, self.objs, self.pick, self.steps = reading, rng, reading.objects, rng.choice, relation_steps
 
     def colour(self):  # of a shape that occurs once
         shapes = [o.shape for o in self.objs]
@@ -136,8 +147,12 @@ class _Dialogue:
         # (asked to quote it, the earlier LM copied the first line's numbers 93% of the time); walking line by
         # line and stopping at a label is what its colour answers already do well.
         step, style = "", self.rng.random()
-        if boxed and self.walk:
+        if boxed and self.steps == "walk":
             step = f"Down to the {a}: {self._walk_to(i)}. Down to the {b}: {self._walk_to(j)}, so "
+        elif boxed and self.steps == "centres":
+            axis = int(rel in ("above", "below"))  # 0: x (left to right), 1: y (top down), in fractions
+            at_a, at_b = (f"{'xy'[axis]} {self.objs[k].center[axis]:.1f}" for k in (i, j))
+            step = f"The {a} is centred at {at_a} and the {b} at {at_b}, so "
         answer = f"{step}the {a} is {rel} the {b}." if step else f"The {a} is {rel} the {b}."
         vertical = rel in ("above", "below")
         if style < 0.55:
@@ -204,11 +219,11 @@ DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "c
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
-                weights: dict[str, float] | None = None, walk: bool = True) -> list[tuple[str, str]]:
+                weights: dict[str, float] | None = None, relation_steps: str = "walk") -> list[tuple[str, str]]:
     """Up to n (question, answer) pairs about a complete reading, drawn with ``weights`` (default
-    DRILL_WEIGHTS; keys name the question makers), no question twice. ``walk=False``: relation answers give
-    the verdict alone, without the walk down the box lines."""
-    d, made, weights = _Dialogue(reading, rng, walk), {}, weights or DRILL_WEIGHTS
+    DRILL_WEIGHTS; keys name the question makers), no question twice; relation answers reach their verdict
+    by ``relation_steps`` (RELATION_STEPS)."""
+    d, made, weights = _Dialogue(reading, rng, relation_steps), {}, weights or DRILL_WEIGHTS
     makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:
@@ -222,14 +237,15 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
 
 
 def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str, float] | None = None,
-                  walk: bool = True) -> list[dict]:
+                  relation_steps: str = "walk") -> list[dict]:
     """``per_image`` drill records (``write_drill``) per world ImageRecord, read from its captions and boxes:
     short questions of the held-out kinds, like the short-answer VQA data LLaVA v1.5 added to its mix. Ids end
     in "_drill<k>" (teacher.record_type "drill"); a scene the reader cannot take apart gets none."""
     out = []
     for r, k in ((r, k) for r in records for k in range(per_image)):
         rng = random.Random(f"{seed}:{r.file_name}:drill{k}")
-        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights, walk=walk):
+        if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights,
+                                relation_steps=relation_steps):
             out.append(make_record(f"{Path(r.file_name).stem}_drill{k}", r.file_name, pairs, rng))
     return out
 

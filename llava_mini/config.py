@@ -130,6 +130,7 @@ class DataSettings:
     # How the drills' relation answers reach their verdict (teacher.RELATION_STEPS): an image shows no box lines
     # to walk down, so "verdict" (none) or "centres" (each object's centre along the asked axis, then the verdict)
     drill_relation_steps: str = "verdict"
+    drill_colour_steps: str = "scan"    # "scan" the box lines up to the asked shape, or "direct" (teacher.COLOUR_STEPS)
 
     def __post_init__(self):
         object.__setattr__(self, "stage2_records", tuple(self.stage2_records))  # (a list from JSON or a caller)
@@ -222,7 +223,7 @@ class RunConfig:
         config = self.to_dict()
         config.pop("evaluation")
         if self.stage == "stage1":  # it trains on the captions whatever stage 2 reads: one stage 1 for both
-            for key in ("stage2_records", "drill_relation_steps"):
+            for key in ("stage2_records", "drill_relation_steps", "drill_colour_steps"):
                 config["data"].pop(key)
         config["train"] = {k: v for k, v in config["train"].items() if k not in NOT_IN_KEY}
         return fingerprint({"config": config, "backbones": backbones, "records": records})

@@ -62,6 +62,7 @@ def course_instruct_data(
     prefix: str = "",
     workers: int = 1,
     relation_steps: str = "verdict",
+    colour_steps: str = "scan",
 ) -> dict[str, Path]:
     """The course's instruction data for one split of the shapes world, generated once and then reused.
 
@@ -72,8 +73,8 @@ def course_instruct_data(
              "images": the split's image folder (what each record's "image" is relative to)}.
     Files live under work_dir()/"instruct" (or ``out_dir``), named ``<prefix>llava_instruct_<split>.json`` and so
     on; they are reused while the images, seed, teacher, prompts and seed examples are unchanged, and regenerated
-    otherwise (the response cache keeps that cheap). ``relation_steps``: how the drills' relation answers reach
-    their verdict (teacher.RELATION_STEPS; config.DataSettings.drill_relation_steps). ``records`` (COCO's, say) stand in for the world's split:
+    otherwise (the response cache keeps that cheap). ``relation_steps`` / ``colour_steps``: how the drills' relation
+    and colour answers reach their verdict (teacher.RELATION_STEPS / COLOUR_STEPS; config.DataSettings). ``records`` (COCO's, say) stand in for the world's split:
     the world is then neither made nor read. ``workers``: concurrent teacher calls (for a remote server).
     """
     teacher = teacher or SymbolicTeacher(seed)
@@ -94,14 +95,15 @@ def course_instruct_data(
     key = fingerprint({
         "teacher": teacher.identity, "types": types, "seed": seed, "split": split, "prompts": SYSTEM_MESSAGES,
         "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS], "seeds": {t: load_seeds(t) for t in types},
-        "world": source, "drill_relation_steps": relation_steps,
+        "world": source, "drill_steps": [relation_steps, colour_steps],
     })
     if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
             paths[k].exists() for k in ("instruct", "stage1", "summary", "drills")):
         return paths
     records = read_split(world_root, split).records if from_world else records
     # The drills read the shapes world's sentences; of a photo they would state falsehoods ("zero objects").
-    write_json(paths["drills"], drill_records(records, seed, relation_steps=relation_steps) if from_world else [])
+    write_json(paths["drills"], drill_records(records, seed, relation_steps=relation_steps,
+                                                 colour_steps=colour_steps) if from_world else [])
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
         records, teacher, out_file=paths["instruct"], stage1_file=paths["stage1"],
@@ -175,7 +177,8 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
         elif data.teacher not in ("symbolic", "env"):
             raise ValueError(f"data.teacher must be 'symbolic' or 'env' (an OpenAI-compatible server), not {data.teacher!r}")
         paths = course_instruct_data(seed=preset.world.seed, teacher=teacher, progress=False,
-                                     world_sizes=preset.world.sizes, relation_steps=data.drill_relation_steps)
+                                     world_sizes=preset.world.sizes, relation_steps=data.drill_relation_steps,
+                                     colour_steps=data.drill_colour_steps)
         return {k: paths[k] for k in ("stage1", "instruct", "drills", "images")}
     root = work_dir()
     paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}

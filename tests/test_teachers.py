@@ -501,16 +501,23 @@ def test_colour_answers_scan_the_box_lines_only_when_they_name_the_shape():
                 assert a.endswith(f", so the {shape} is {colour}.") and a.startswith("The red one is a circle"), a
 
 
-def test_image_drills_can_state_both_centres_before_the_verdict(dataset):
+def test_image_drills_can_state_both_centres_before_the_verdict_and_colours_directly(dataset):
     """The "centres" step: each named object's centre along the asked axis to a tenth, the true one, and the
-    verdict it settles (clear-cut centres never round alike); no relation word before the verdict."""
+    verdict it settles (clear-cut centres never round alike); no relation word before the verdict. "direct"
+    colours: the colour alone, no scan of the box lines."""
     from llava_mini.teacher import drill_records
     from llava_mini.world import relation as world_relation
 
-    by_file, stepped = {rec.file_name: rec for rec in dataset}, 0
-    for r in drill_records(dataset[:60], seed=0, relation_steps="centres"):
+    by_file, stepped, kinds = {rec.file_name: rec for rec in dataset}, 0, Counter()
+    for r in drill_records(dataset[:60], seed=0, relation_steps="centres", colour_steps="direct"):
         objs = truth(by_file[r["image"]])
-        for a in (t["value"] for t in r["conversations"][1::2] if "centred" in t["value"]):
+        turns = r["conversations"]
+        for q, a in ((q["value"].replace("<image>", "").strip(), a["value"]) for q, a in zip(turns[::2], turns[1::2])):
+            if "centred" not in a:
+                kind = check_conversation_pair(q, a, objs)
+                assert kind != "colour" or ", so " not in a, a  # no scan before the colour
+                kinds[kind] += 1
+                continue
             m = re.match(r"The (.+?) is centred at ([xy]) (\d\.\d) and the (.+?) at \2 (\d\.\d), so "
                          r"(?:yes, |no, )?the (.+?) is (to the left of|to the right of|above|below) the (.+)\.$", a)
             assert m and (m[1], m[4]) == (m[6], m[8]), a
@@ -520,6 +527,8 @@ def test_image_drills_can_state_both_centres_before_the_verdict(dataset):
             assert all(abs(float(v) - _centre(o)[axis]) <= 0.05 + 1e-9 for v, o in ((m[3], A), (m[5], B))), a
             assert (float(m[3]) < float(m[5])) == (m[7] in ("to the left of", "above")), a
             stepped += 1
-    assert stepped >= 30
+    assert stepped >= 30 and kinds["colour"] >= 10, kinds
     with pytest.raises(ValueError, match="relation_steps must be one of"):
         drill_records(dataset[:1], relation_steps="walk down")
+    with pytest.raises(ValueError, match="colour_steps must be one of"):
+        drill_records(dataset[:1], colour_steps="glance")

@@ -45,16 +45,23 @@ _ASK_ABOVE_BELOW = ("Is the {a} above or below the {b}?", "Is the {a} higher or 
 #              never round to the same tenth, so the step always settles the verdict
 #   "verdict"  no step
 RELATION_STEPS = ("walk", "centres", "verdict")
+# How a colour answer reaches its verdict: "scan" the box lines in order up to the asked shape (what the LM's text
+# drills do), or "direct" (an image shows the shape's colour on its own patches, not the context's line order)
+COLOUR_STEPS = ("scan", "direct")
 
 
 class _Dialogue:
     """Question-answer pairs, one kind per method; each returns (kind, question, answer). A kind the context
     cannot settle leaves nothing to pick from, and `pick` (random.choice) of an empty list raises IndexError."""
 
-    def __init__(self, reading: SceneReading, rng: random.Random, relation_steps: str = "walk"):
-        if relation_steps not in RELATION_STEPS:
-            raise ValueError(f"relation_steps must be one of {RELATION_STEPS}, got {relation_steps!r}")
-        self.r, self.rng, self.objs, self.pick, self.steps = reading, rng, reading.objects, rng.choice, relation_steps
+    def __init__(self, reading: SceneReading, rng: random.Random, relation_steps: str = "walk",
+                 colour_steps: str = "scan"):
+        for name, value, allowed in (("relation_steps", relation_steps, RELATION_STEPS),
+                                     ("colour_steps", colour_steps, COLOUR_STEPS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        self.r, self.rng, self.objs, self.pick = reading, rng, reading.objects, rng.choice
+        self.steps, self.colour_steps = relation_steps, colour_steps
 
     def colour(self):  # of a shape that occurs once
         shapes = [o.shape for o in self.objs]
@@ -64,7 +71,7 @@ class _Dialogue:
                        f"What is the colour of the {s} in the picture?", f"Can you tell me what color the {s} is?",
                        f"The {s} in this image is what colour?"])
         labels = [label.split() for label, _ in self.r.boxes]
-        if any(len(words) != 2 for words in labels) or [w[1] for w in labels].count(s) != 1:  # nothing to scan
+        if self.colour_steps == "direct" or any(len(w) != 2 for w in labels) or [w[1] for w in labels].count(s) != 1:
             return "colour", q, self.pick([f"The {s} is {c}.", f"It is {c}.", f"The {s} is coloured {c}."])
         # The box lines in order, up to the asked shape, then the verdict. Each step copies a label forward
         # ("red triangle" -> "the red one is a triangle"), the look-up a small LM does well; the direct answer
@@ -219,11 +226,12 @@ DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "c
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
-                weights: dict[str, float] | None = None, relation_steps: str = "walk") -> list[tuple[str, str]]:
+                weights: dict[str, float] | None = None, relation_steps: str = "walk",
+                colour_steps: str = "scan") -> list[tuple[str, str]]:
     """Up to n (question, answer) pairs about a complete reading, drawn with ``weights`` (default
-    DRILL_WEIGHTS; keys name the question makers), no question twice; relation answers reach their verdict
-    by ``relation_steps`` (RELATION_STEPS)."""
-    d, made, weights = _Dialogue(reading, rng, relation_steps), {}, weights or DRILL_WEIGHTS
+    DRILL_WEIGHTS; keys name the question makers), no question twice; relation and colour answers reach their
+    verdict by ``relation_steps`` (RELATION_STEPS) and ``colour_steps`` (COLOUR_STEPS)."""
+    d, made, weights = _Dialogue(reading, rng, relation_steps, colour_steps), {}, weights or DRILL_WEIGHTS
     makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:
@@ -237,7 +245,7 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
 
 
 def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str, float] | None = None,
-                  relation_steps: str = "walk") -> list[dict]:
+                  relation_steps: str = "walk", colour_steps: str = "scan") -> list[dict]:
     """``per_image`` drill records (``write_drill``) per world ImageRecord, read from its captions and boxes:
     short questions of the held-out kinds, like the short-answer VQA data LLaVA v1.5 added to its mix. Ids end
     in "_drill<k>" (teacher.record_type "drill"); a scene the reader cannot take apart gets none."""
@@ -245,7 +253,7 @@ def drill_records(records, seed: int = 0, per_image: int = 1, weights: dict[str,
     for r, k in ((r, k) for r in records for k in range(per_image)):
         rng = random.Random(f"{seed}:{r.file_name}:drill{k}")
         if pairs := write_drill(read_context(context_text(r, boxes=True)), rng, weights=weights,
-                                relation_steps=relation_steps):
+                                relation_steps=relation_steps, colour_steps=colour_steps):
             out.append(make_record(f"{Path(r.file_name).stem}_drill{k}", r.file_name, pairs, rng))
     return out
 

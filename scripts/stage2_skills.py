@@ -1,0 +1,126 @@
+"""Which skills stage 2 teaches the language model to read from image tokens, and which it does not.
+
+    python scripts/stage2_skills.py [--steps 300] [--items 100] [--out work/stage2_skills]
+
+Each arm trains LoRA with the tiny preset's stage-2 settings from the course's stage-1 model on one kind of
+question only, then scores forced choices (the right answer's log-likelihood against the wrong one's,
+llava_mini.evaluate.skills) on train images it saw and on held-out val images, before and after:
+
+    shape by colour           the control: what is there, bound to a colour (the course answers 90%+)
+    side, one object          "is the red circle on the left or on the right?" with nothing else in the picture
+    side, one object + code   the same, a learned row + column code added to every image token (PositionCode)
+    side, several objects     the same question about one of several objects, with the code
+    relation                  the teacher's verdict-only relation drills; scored on the held-out questions
+
+The side arms ask where a thing is, the simplest place question there is. Prints a table and writes
+results.json to --out (README's "What stage 2 does not teach" quotes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def arms(train, held_out: dict):
+    """name -> (training items, {split: scored items} (train images it saw, then each held-out set), with the
+    position code). The relation arm trains on the teacher's drills instead of items (None)."""
+    from llava_mini.evaluate import skills
+
+    side, relation = skills.side_items, skills.relation_items
+
+    def scored(items, train_images=300):
+        return {"train": items(train[:train_images]), **{split: items(records) for split, records in held_out.items()}}
+
+    return {
+        "shape by colour": (skills.shape_items(train), scored(skills.shape_items), False),
+        "side, one object": (side(train, "one"), scored(lambda r: side(r, "one"), 1200), False),
+        "side, one object + code": (side(train, "one"), scored(lambda r: side(r, "one"), 1200), True),
+        "side, several objects + code": (side(train, "any"), scored(lambda r: side(r, "several")), True),
+        "relation": (None, scored(relation), False),
+    }
+
+
+def shares(accuracy: dict) -> str:
+    return ", ".join(f"{split} {value:.0%}" for split, value in accuracy.items())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="LoRA steps per arm (batch 16)")
+    parser.add_argument("--items", type=int, default=100, help="scored items per split and arm")
+    parser.add_argument("--out", default=str(ROOT / "work" / "stage2_skills"))
+    parser.add_argument("--arms", nargs="*", help="only these arms (default: all)")
+    parser.add_argument("--fresh-seed", type=int, default=1, help="also score the val split of this seed's world")
+    args = parser.parse_args()
+
+    import torch
+
+    from llava_mini.config import get_preset
+    from llava_mini.course import course_model, load_base, training_data
+    from llava_mini.evaluate import skills
+    from llava_mini.model.data import LlavaCollator, LlavaInstructDataset
+    from llava_mini.teacher import drill_records
+    from llava_mini.train.adapters import add_lora
+    from llava_mini.train.loop import train as train_loop
+    from llava_mini.world import generate_world, read_split
+
+    spec = get_preset("tiny")
+    stage1, tokenizer, processor = course_model("stage1", preset=spec, progress=False)
+    images = training_data(spec)["images"]  # <world>/images/train
+    world = images.parents[1]
+    train_records, val_records = read_split(world, "train").records, read_split(world, "val").records
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fresh = out / f"world_seed{args.fresh_seed}"  # the same vocabulary, other scenes
+    generate_world(fresh, {"val": len(val_records)}, seed=args.fresh_seed)
+    held_out = {"val": val_records, "fresh val": read_split(fresh, "val").records}
+    dirs = {"train": images, "val": world / "images" / "val", "fresh val": fresh / "images" / "val"}
+    with torch.no_grad():  # how loud the content is: the size the position code starts at
+        from llava_mini.evaluate.run import prepare_images
+        from llava_mini.model.images import load_image
+        sample = prepare_images([load_image(images / r.file_name) for r in train_records[:64]], processor)
+        norm = float(stage1.encode_images(sample).norm(dim=-1).mean())
+    grid = int(stage1.num_image_tokens ** 0.5)
+    results = {"settings": {"steps": args.steps, "batch_size": 16, "items": args.items, "code_norm": round(norm, 1),
+                            "device": f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)",
+                            "torch": torch.__version__}, "arms": {}}
+    for name, (train_items, scored, with_code) in arms(train_records, held_out).items():
+        if args.arms and name not in args.arms:
+            continue
+        scored = {split: (items[: args.items], dirs[split]) for split, items in scored.items()}
+        before = {split: skills.forced_choice(stage1, tokenizer, processor, items, d) for split, (items, d) in scored.items()}
+        model = load_base(spec, tokenizer)
+        model.projector.load_state_dict(stage1.projector.state_dict())
+        with tempfile.TemporaryDirectory() as folder:
+            cfg = spec.train_config("lora", max_steps=args.steps, output_dir=folder, progress=False, type_repeats=None)
+            add_lora(model, cfg)
+            if with_code:  # after add_lora, which leaves the projector (and so the code) trainable
+                model.projector = skills.PositionCode(model.projector, grid, model.config.text_hidden_size, norm)
+            records = (skills.as_records(train_items, "skill") if train_items is not None else
+                       drill_records(train_records, seed=1, weights={"relation": 1.0}, relation_steps="verdict"))
+            dataset = LlavaInstructDataset(records, images, tokenizer, processor, model.num_image_tokens,
+                                           max_length=spec.data.max_length, skip_invalid=True)
+            start = time.time()
+            train_loop(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
+        seconds = time.time() - start
+        after = {split: skills.forced_choice(model, tokenizer, processor, items, d) for split, (items, d) in scored.items()}
+        results["arms"][name] = {"before": before, "after": after, "train_s": round(seconds, 1),
+                                 "training_records": len(dataset), "scored": {s: len(i) for s, (i, _) in scored.items()},
+                                 "position_code": with_code}
+        print(f"{name:30} before: {shares(before)}   after {args.steps} steps: {shares(after)}   "
+              f"({len(dataset)} records, {seconds:.0f} s)", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="LoRA steps per arm (batch 16)")
     parser.add_argument("--items", type=int, default=100, help="scored items per split and arm")
     parser.add_argument("--out", default=str(ROOT / "work" / "stage2_skills"))
-    parser.add_argument("--arms", nargs="*", help="only these arms (default: all)")
+    parser.add_argument("--arms", nargs="*", help="only these arms (default: all; --arms alone: none, only the column probe)")
     parser.add_argument("--fresh-seed", type=int, default=1, help="also score the val split of this seed's world")
     args = parser.parse_args()
 
@@ -84,17 +84,28 @@ def main() -> int:
     generate_world(fresh, {"val": len(val_records)}, seed=args.fresh_seed)
     held_out = {"val": val_records, "fresh val": read_split(fresh, "val").records}
     dirs = {"train": images, "val": world / "images" / "val", "fresh val": fresh / "images" / "val"}
-    with torch.no_grad():  # how loud the content is: the size the position code starts at
+    with torch.no_grad():  # is the place in the tokens, and how loud is the content (the code's starting size)
         from llava_mini.evaluate.run import prepare_images
         from llava_mini.model.images import load_image
-        sample = prepare_images([load_image(images / r.file_name) for r in train_records[:64]], processor)
-        norm = float(stage1.encode_images(sample).norm(dim=-1).mean())
+        sample = train_records[:400]
+        features = stage1.image_features(prepare_images([load_image(images / r.file_name) for r in sample], processor))
+        image_tokens = stage1.projector(features)
+        norm = float(image_tokens.norm(dim=-1).mean())
     grid = int(stage1.num_image_tokens ** 0.5)
+    place = {"vision tower (layer -2)": skills.column_r2(features, sample),
+             "stage-1 image tokens (projector)": skills.column_r2(image_tokens, sample)}
+    print("R^2 of the column of each object's centre patch, read linearly from its token (400 train images, "
+          "fitted on 300): " + ", ".join(f"{k} {v:.2f}" for k, v in place.items()))
+    print(f"image tokens' mean norm {norm:.1f}, the LM's word embeddings' "
+          f"{float(stage1.get_input_embeddings().weight.norm(dim=-1).mean()):.1f}")
     results = {"settings": {"steps": args.steps, "batch_size": 16, "items": args.items, "code_norm": round(norm, 1),
                             "device": f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)",
-                            "torch": torch.__version__}, "arms": {}}
-    for name, (train_items, scored, with_code) in arms(train_records, held_out).items():
-        if args.arms and name not in args.arms:
+                            "torch": torch.__version__}, "column_r2": place, "arms": {}}
+    chosen = arms(train_records, held_out)
+    if unknown := set(args.arms or ()) - set(chosen):
+        parser.error(f"unknown arms {sorted(unknown)}: choose from {list(chosen)}")
+    for name, (train_items, scored, with_code) in chosen.items():
+        if args.arms is not None and name not in args.arms:
             continue
         scored = {split: (items[: args.items], dirs[split]) for split, items in scored.items()}
         before = {split: skills.forced_choice(stage1, tokenizer, processor, items, d) for split, (items, d) in scored.items()}

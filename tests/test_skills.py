@@ -108,3 +108,14 @@ def test_the_position_code_is_a_row_plus_a_column_embedding_added_to_the_project
     assert torch.allclose(grid[0, 1] - grid[0, 0], grid[2, 1] - grid[2, 0], atol=1e-6)
     out.sum().backward()
     assert coded.rows.grad is not None and coded.cols.grad is not None and projector.weight.grad is not None
+
+
+def test_column_r2_is_one_where_tokens_say_their_column_and_low_where_they_do_not(world):
+    from llava_mini.evaluate.skills import column_r2
+
+    grid, generator = 8, torch.Generator().manual_seed(0)
+    noise = torch.randn(len(world), grid * grid, 16, generator=generator)
+    placed = noise.clone()
+    placed[..., 0] = (torch.arange(grid * grid) % grid).float()  # every patch token carries its own column
+    assert column_r2(placed, world) == pytest.approx(1.0, abs=1e-4)
+    assert column_r2(noise, world) < 0.5

@@ -153,3 +153,23 @@ class PositionCode(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.projector(features)
         return out + self.code().to(out.dtype)
+
+
+def column_r2(tokens: torch.Tensor, records: Sequence[ImageRecord], fit_share: float = 0.75) -> float:
+    """How plainly each object's token says which column it is in: R^2 of a least-squares line from the
+    token under the object's centre to that patch's column, fitted on the first ``fit_share`` of the images
+    and scored on the rest. tokens (B, N, D), row-major patches of a square grid, one row per record."""
+    grid = int(tokens.shape[1] ** 0.5)
+    rows, columns, images = [], [], []
+    for b, r in enumerate(records):
+        for o in scene_objects(r):
+            x, y = o.center
+            column, row = int(x / r.width * grid), int(y / r.height * grid)
+            rows.append(tokens[b, row * grid + column].float())
+            columns.append(float(column))
+            images.append(b)
+    X = torch.cat([torch.stack(rows), torch.ones(len(rows), 1)], 1)  # with an intercept
+    y, fit = torch.tensor(columns), torch.tensor(images) < int(len(records) * fit_share)
+    weights = torch.linalg.lstsq(X[fit], y[fit, None]).solution
+    residual = (X[~fit] @ weights).squeeze(1) - y[~fit]
+    return float(1 - residual.pow(2).mean() / y[~fit].var())

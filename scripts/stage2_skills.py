@@ -11,6 +11,7 @@ with another seed, before and after:
     side, one object          "is the red circle on the left or on the right?" with nothing else in the picture
     side, several objects     the same question about one of several objects (trained on all images)
     side, several ... + code  the same, a learned row + column code added to every image token (PositionCode)
+    side by colour, several   the same, each object named by its colour alone ("the red object"), as the control
     relation                  the teacher's verdict-only relation drills; scored on the held-out questions
 
 The side arms ask where a thing is, the simplest place question there is. Prints each arm's line and writes
@@ -47,6 +48,8 @@ def arms(train, held_out: dict):
         "side, one object": (side(train, "one"), scored(lambda r: side(r, "one"), 1200), False),
         "side, several objects": (side(train, "any"), scored(lambda r: side(r, "several")), False),
         "side, several objects + code": (side(train, "any"), scored(lambda r: side(r, "several")), True),
+        "side by colour, several objects": (side(train, "any", by_colour=True),
+                                            scored(lambda r: side(r, "several", by_colour=True)), False),
         "relation": (None, scored(relation), False),
     }
 

@@ -119,3 +119,12 @@ def test_column_r2_is_one_where_tokens_say_their_column_and_low_where_they_do_no
     placed[..., 0] = (torch.arange(grid * grid) % grid).float()  # every patch token carries its own column
     assert column_r2(placed, world) == pytest.approx(1.0, abs=1e-4)
     assert column_r2(noise, world) < 0.5
+
+
+def test_side_items_by_colour_name_only_objects_whose_colour_is_unique(world):
+    for record in world:
+        colours = [o.color for o in scene_objects(record)]
+        items = side_items([record], by_colour=True)
+        named = [i.question.split()[2] for i in items]  # "Is the <colour> object on ..."
+        assert all(colours.count(c) == 1 for c in named)
+        assert all(i.question.startswith(f"Is the {c} object ") for i, c in zip(items, named))

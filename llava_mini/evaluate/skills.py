@@ -58,9 +58,10 @@ def shape_items(records: Sequence[ImageRecord]) -> list[ProbeItem]:
     return items
 
 
-def side_items(records: Sequence[ImageRecord], objects: str = "any") -> list[ProbeItem]:
+def side_items(records: Sequence[ImageRecord], objects: str = "any", by_colour: bool = False) -> list[ProbeItem]:
     """"Is the red circle on the left or on the right of the picture?", about each uniquely named object at
-    least SIDE_MARGIN from the midline. ``objects``: "one" (images of a single object), "several", or "any"."""
+    least SIDE_MARGIN from the midline. ``objects``: "one" (images of a single object), "several", or "any";
+    ``by_colour``: name each object by its colour alone ("the red object"), where no other object has it."""
     if objects not in ("one", "several", "any"):
         raise ValueError(f"objects must be 'one', 'several' or 'any', got {objects!r}")
     items = []
@@ -68,8 +69,10 @@ def side_items(records: Sequence[ImageRecord], objects: str = "any") -> list[Pro
         objs = scene_objects(r)
         if (objects == "one" and len(objs) != 1) or (objects == "several" and len(objs) < 2):
             continue
+        colours = [o.color for o in objs]
         for i, o in enumerate(objs):
-            name, x = unique_name(objs, i), o.center[0] / r.width
+            x = o.center[0] / r.width
+            name = (f"{o.color} object" if colours.count(o.color) == 1 else None) if by_colour else unique_name(objs, i)
             if name and abs(x - 0.5) >= SIDE_MARGIN:
                 side, other = ("left", "right") if x < 0.5 else ("right", "left")
                 items.append(ProbeItem(r.file_name, f"Is the {name} on the left or on the right of the picture?",

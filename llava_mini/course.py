@@ -337,13 +337,21 @@ def course_model(stage: str = "stage1", preset: str | Preset = "tiny", retrain: 
         model.projector.load_state_dict(start.projector.state_dict())
         del start
         add_lora(model, cfg)
-    records = training_records(run, data)
-    dataset = LlavaInstructDataset(records, data["images"], tokenizer, image_processor, model.num_image_tokens,
-                                   max_length=run.data.max_length, system_prompt=spec.model.system_prompt,
-                                   skip_invalid=True)
+    dataset = instruct_dataset(spec, training_records(run, data), data["images"], tokenizer, image_processor,
+                               model.num_image_tokens)
     train(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg, resume_from=resume,
           run_info={"key": key, "run_config": run.to_dict(), "skipped_records": dict(dataset.skipped)})
     return model.eval(), tokenizer, image_processor
+
+
+def instruct_dataset(preset: str | Preset, records: list[dict], image_folder: str | Path, tokenizer, image_processor,
+                     num_image_tokens: int) -> LlavaInstructDataset:
+    """``records`` as training items under the preset's sequence rules (length, system prompt); a bad or too-long
+    record is skipped and counted in ``dataset.skipped``."""
+    spec = get_preset(preset)
+    return LlavaInstructDataset(records, image_folder, tokenizer, image_processor, num_image_tokens,
+                                max_length=spec.data.max_length, system_prompt=spec.model.system_prompt,
+                                skip_invalid=True)
 
 
 def course_history(stage: str = "stage1", preset: str | Preset = "tiny", **overrides) -> list[dict]:

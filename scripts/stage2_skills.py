@@ -54,6 +54,13 @@ def arms(train, held_out: dict):
     }
 
 
+def skipped_note(dataset) -> str:
+    """", 3 skipped (RecordTooLong 3)" where the dataset skipped records, else nothing."""
+    if not dataset.skipped:
+        return ""
+    return f", {sum(dataset.skipped.values())} skipped (" + ", ".join(f"{k} {v}" for k, v in dataset.skipped.items()) + ")"
+
+
 def shares(accuracy: dict) -> str:
     return ", ".join(f"{split} {value:.0%}" for split, value in accuracy.items())
 
@@ -70,9 +77,9 @@ def main() -> int:
     import torch
 
     from llava_mini.config import get_preset
-    from llava_mini.course import course_model, load_base, training_data
+    from llava_mini.course import course_model, instruct_dataset, load_base, training_data
     from llava_mini.evaluate import skills
-    from llava_mini.model.data import LlavaCollator, LlavaInstructDataset
+    from llava_mini.model.data import LlavaCollator
     from llava_mini.teacher import drill_records
     from llava_mini.train.adapters import add_lora
     from llava_mini.train.loop import train as train_loop
@@ -113,7 +120,9 @@ def main() -> int:
         if args.arms is not None and name not in args.arms:
             continue
         scored = {split: (items[: args.items], dirs[split]) for split, items in scored.items()}
-        before = {split: skills.forced_choice(stage1, tokenizer, processor, items, d) for split, (items, d) in scored.items()}
+        system = spec.model.system_prompt
+        before = {split: skills.forced_choice(stage1, tokenizer, processor, items, d, system)
+                  for split, (items, d) in scored.items()}
         model = load_base(spec, tokenizer)
         model.projector.load_state_dict(stage1.projector.state_dict())
         with tempfile.TemporaryDirectory() as folder:
@@ -123,17 +132,18 @@ def main() -> int:
                 model.projector = skills.PositionCode(model.projector, grid, model.config.text_hidden_size, norm)
             records = (skills.as_records(train_items, "skill") if train_items is not None else
                        drill_records(train_records, seed=1, weights={"relation": 1.0}, relation_steps="verdict"))
-            dataset = LlavaInstructDataset(records, images, tokenizer, processor, model.num_image_tokens,
-                                           max_length=spec.data.max_length, skip_invalid=True)
+            dataset = instruct_dataset(spec, records, images, tokenizer, processor, model.num_image_tokens)
             start = time.time()
             train_loop(model, dataset, LlavaCollator(tokenizer.pad_token_id), cfg)
         seconds = time.time() - start
-        after = {split: skills.forced_choice(model, tokenizer, processor, items, d) for split, (items, d) in scored.items()}
+        after = {split: skills.forced_choice(model, tokenizer, processor, items, d, system)
+                 for split, (items, d) in scored.items()}
         results["arms"][name] = {"before": before, "after": after, "train_s": round(seconds, 1),
-                                 "training_records": len(dataset), "scored": {s: len(i) for s, (i, _) in scored.items()},
+                                 "training_records": len(dataset), "skipped_records": dict(dataset.skipped),
+                                 "scored": {s: len(i) for s, (i, _) in scored.items()},
                                  "position_code": with_code}
         print(f"{name:30} before: {shares(before)}   after {args.steps} steps: {shares(after)}   "
-              f"({len(dataset)} records, {seconds:.0f} s)", flush=True)
+              f"({len(dataset)} records{skipped_note(dataset)}, {seconds:.0f} s)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 

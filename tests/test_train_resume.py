@@ -144,3 +144,24 @@ def test_two_processes_match_one_process_on_the_same_global_batch(setup, tmp_pat
         np.testing.assert_allclose(losses["0.1 latest"], losses["0.1 None"], rtol=0, atol=1e-6)
     state = tmp_path / "two" / "0.1" / "step-000002" / "training_state"
     assert (state / "random_states_0.pkl").exists() and (state / "random_states_1.pkl").exists()  # one per process
+
+
+def test_backbone_fingerprint_streams_the_weight_files_and_sees_their_last_byte(tmp_path, monkeypatch):
+    # A checkpoint's fingerprint hashes its towers' weight files; read whole, a 7B tower's 13 GB would pass
+    # through RAM at once. Chunks of 7 bytes must give the hash of the whole bytes, the tail chunk included.
+    import hashlib
+
+    import llava_mini.files as files
+    from llava_mini.train import backbone_fingerprint
+
+    for name, size in (("vision", 30), ("lm", 23)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(bytes(range(size)))
+        (tmp_path / name / "config.json").write_text("{}")
+    monkeypatch.setattr(files, "READ_CHUNK_BYTES", 7)
+    expected = [hashlib.sha256(b"config.json\0{}model.safetensors\0" + bytes(range(n))).hexdigest()[:16]
+                for n in (30, 23)]
+    assert backbone_fingerprint(tmp_path / "vision", tmp_path / "lm") == files.fingerprint(expected)
+    before = files.file_fingerprint(tmp_path / "lm")
+    (tmp_path / "lm" / "model.safetensors").write_bytes(bytes(range(22)) + b"\xff")  # the tail chunk's last byte
+    assert files.file_fingerprint(tmp_path / "lm") != before

@@ -131,6 +131,9 @@ class DataSettings:
     # to walk down, so "verdict" (none) or "centres" (each object's centre along the asked axis, then the verdict)
     drill_relation_steps: str = "verdict"
     drill_colour_steps: str = "scan"    # "scan" the box lines up to the asked shape, or "direct" (teacher.COLOUR_STEPS)
+    # How often each kind of drill question is drawn ({"relation": 6.0, "region": 6.0, ...}: keys name the teacher's
+    # question makers, teacher.DRILL_KINDS); None: teacher.DRILL_WEIGHTS
+    drill_weights: dict[str, float] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "stage2_records", tuple(self.stage2_records))  # (a list from JSON or a caller)
@@ -223,7 +226,7 @@ class RunConfig:
         config = self.to_dict()
         config.pop("evaluation")
         if self.stage == "stage1":  # it trains on the captions whatever stage 2 reads: one stage 1 for both
-            for key in ("stage2_records", "drill_relation_steps", "drill_colour_steps"):
+            for key in ("stage2_records", "drill_relation_steps", "drill_colour_steps", "drill_weights"):
                 config["data"].pop(key)
         config["train"] = {k: v for k, v in config["train"].items() if k not in NOT_IN_KEY}
         return fingerprint({"config": config, "backbones": backbones, "records": records})

@@ -63,6 +63,7 @@ def course_instruct_data(
     workers: int = 1,
     relation_steps: str = "verdict",
     colour_steps: str = "scan",
+    drill_weights: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """The course's instruction data for one split of the shapes world, generated once and then reused.
 
@@ -74,7 +75,8 @@ def course_instruct_data(
     Files live under work_dir()/"instruct" (or ``out_dir``), named ``<prefix>llava_instruct_<split>.json`` and so
     on; they are reused while the images, seed, teacher, prompts and seed examples are unchanged, and regenerated
     otherwise (the response cache keeps that cheap). ``relation_steps`` / ``colour_steps``: how the drills' relation
-    and colour answers reach their verdict (teacher.RELATION_STEPS / COLOUR_STEPS; config.DataSettings). ``records`` (COCO's, say) stand in for the world's split:
+    and colour answers reach their verdict (teacher.RELATION_STEPS / COLOUR_STEPS; config.DataSettings);
+    ``drill_weights``: how often each kind of drill question is drawn (None: teacher.DRILL_WEIGHTS). ``records`` (COCO's, say) stand in for the world's split:
     the world is then neither made nor read. ``workers``: concurrent teacher calls (for a remote server).
     """
     teacher = teacher or SymbolicTeacher(seed)
@@ -96,13 +98,14 @@ def course_instruct_data(
         "teacher": teacher.identity, "types": types, "seed": seed, "split": split, "prompts": SYSTEM_MESSAGES,
         "instructions": [BRIEF_INSTRUCTIONS, DETAILED_INSTRUCTIONS], "seeds": {t: load_seeds(t) for t in types},
         "world": source, "drill_steps": [relation_steps, colour_steps],
+        "drill_weights": drill_weights,
     })
     if not force and stamp_file.exists() and read_json(stamp_file).get("fingerprint") == key and all(
             paths[k].exists() for k in ("instruct", "stage1", "summary", "drills")):
         return paths
     records = read_split(world_root, split).records if from_world else records
     # The drills read the shapes world's sentences; of a photo they would state falsehoods ("zero objects").
-    write_json(paths["drills"], drill_records(records, seed, relation_steps=relation_steps,
+    write_json(paths["drills"], drill_records(records, seed, weights=drill_weights, relation_steps=relation_steps,
                                                  colour_steps=colour_steps) if from_world else [])
     slug = re.sub(r"[^A-Za-z0-9]+", "-", teacher.identity).strip("-")[:60]
     result = generate_instruct_data(
@@ -178,7 +181,7 @@ def training_data(preset: str | Preset = "tiny") -> dict[str, Path]:
             raise ValueError(f"data.teacher must be 'symbolic' or 'env' (an OpenAI-compatible server), not {data.teacher!r}")
         paths = course_instruct_data(seed=preset.world.seed, teacher=teacher, progress=False,
                                      world_sizes=preset.world.sizes, relation_steps=data.drill_relation_steps,
-                                     colour_steps=data.drill_colour_steps)
+                                     colour_steps=data.drill_colour_steps, drill_weights=data.drill_weights)
         return {k: paths[k] for k in ("stage1", "instruct", "drills", "images")}
     root = work_dir()
     paths = {"stage1": root / data.stage1_file, "instruct": root / data.instruct_file, "images": root / data.image_folder}

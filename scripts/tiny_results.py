@@ -58,6 +58,9 @@ def main() -> int:
     parser.add_argument("--projector-lr", type=float, default=None)
     parser.add_argument("--drill-relation-steps", default=None, choices=("verdict", "centres"),
                         help="how the drills' relation answers reach their verdict (default: the tiny preset's)")
+    parser.add_argument("--drill-weights", type=json.loads, default=None, metavar="JSON",
+                        help='how often each kind of drill question is drawn, e.g. \'{"relation": 6, "region": 6}\' '
+                             "(keys: teacher.DRILL_KINDS; default: teacher.DRILL_WEIGHTS)")
     parser.add_argument("--drill-colour-steps", default=None, choices=("scan", "direct"),
                         help="how the drills' colour answers reach their verdict (default: the tiny preset's)")
     args = parser.parse_args()
@@ -87,7 +90,8 @@ def main() -> int:
     stages["qlora"].update(stage2, max_steps=args.qlora_steps or args.lora_steps)
     sizes = {**base.world.sizes, "train": args.train_images or base.world.sizes["train"]}
     model = {k: v for k, v in (("lm", args.lm), ("tokenizer", args.tokenizer)) if v}
-    steps = {"drill_relation_steps": args.drill_relation_steps, "drill_colour_steps": args.drill_colour_steps}
+    steps = {"drill_relation_steps": args.drill_relation_steps, "drill_colour_steps": args.drill_colour_steps,
+             "drill_weights": args.drill_weights}
     data = {k: v for k, v in steps.items() if v}
     spec = get_preset(base, stages=stages, world={"sizes": sizes}, model=model, data=data,
                       evaluation={"images": args.test_images, "max_per_kind": args.per_kind, "split": args.split,

@@ -532,3 +532,20 @@ def test_image_drills_can_state_both_centres_before_the_verdict_and_colours_dire
         drill_records(dataset[:1], relation_steps="walk down")
     with pytest.raises(ValueError, match="colour_steps must be one of"):
         drill_records(dataset[:1], colour_steps="glance")
+
+
+def test_drill_weights_choose_the_kinds_and_name_the_unknown(dataset):
+    """DataSettings.drill_weights reach write_drill: "region" alone asks only where named objects are, each
+    answer true of the world; a kind no maker writes is an error that names it."""
+    from llava_mini.teacher import DRILL_KINDS, drill_records
+
+    by_file, kinds = {rec.file_name: rec for rec in dataset}, Counter()
+    for r in drill_records(dataset[:40], seed=0, weights={"region": 1.0}, relation_steps="verdict"):
+        turns = r["conversations"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            kinds[check_conversation_pair(q["value"].replace("<image>", "").strip(), a["value"],
+                                          truth(by_file[r["image"]]))] += 1
+    assert set(kinds) == {"position"} and kinds["position"] >= 40, kinds
+    assert "region" in DRILL_KINDS
+    with pytest.raises(ValueError, match=r"no question maker \['sides'\]"):
+        drill_records(dataset[:1], weights={"sides": 1.0})

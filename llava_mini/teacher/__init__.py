@@ -32,5 +32,6 @@ from llava_mini.teacher.runner import (  # noqa: F401
     EMPTY_REPLY, GenerationResult, generate_instruct_data, summarize, question_kind,
 )
 from llava_mini.teacher.symbolic import (  # noqa: F401
-    COLOUR_STEPS, RELATION_STEPS, write_conversation, write_detail, write_drill, drill_records, SymbolicTeacher,
+    COLOUR_STEPS, DRILL_KINDS, DRILL_WEIGHTS, RELATION_STEPS, write_conversation, write_detail, write_drill,
+    drill_records, SymbolicTeacher,
 )

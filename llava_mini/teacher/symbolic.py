@@ -223,6 +223,8 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
 # The drill's mix: the held-out question kinds, relations and colours weighted up (the kinds the text reference
 # failed most); the stand-in LM reads many of these with the scene as text before it ever sees an image.
 DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "count_all": 0.5, "count_shape": 0.5}
+# Every question maker a drill can draw from ("region": "Where is the red circle?" -> "... at the top left ...")
+DRILL_KINDS = ("relation", "colour", "exists", "shape", "count_all", "count_shape", "count_colour", "size", "region")
 
 
 def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
@@ -232,6 +234,8 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
     DRILL_WEIGHTS; keys name the question makers), no question twice; relation and colour answers reach their
     verdict by ``relation_steps`` (RELATION_STEPS) and ``colour_steps`` (COLOUR_STEPS)."""
     d, made, weights = _Dialogue(reading, rng, relation_steps, colour_steps), {}, weights or DRILL_WEIGHTS
+    if unknown := sorted(set(weights) - set(DRILL_KINDS)):
+        raise ValueError(f"drill weights name no question maker {unknown} (the makers: {DRILL_KINDS})")
     makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:

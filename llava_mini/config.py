@@ -70,6 +70,10 @@ class TrainConfig:
     # The vision tower is frozen in both stages, so each image's features are computed once and reused (kept
     # in host RAM, N x D_vision per distinct image; keyed by the pixels, so an augmented image is a new one).
     cache_image_features: bool = False
+    # On the CPU (Linux), tensors of this many bytes or more get their own memory mapping, returned to the system
+    # when freed, so resident memory follows the tensors alive (train.memory.return_freed_host_memory); None:
+    # malloc's own rule, which can keep GiBs of freed tensors resident
+    host_mmap_threshold: int | None = None
     precision: str = "auto"               # auto: bf16 where supported, fp16 on older GPUs (T4), fp32 on CPU
     group_by_length: bool = True          # batch examples of similar length together (less padding)
     # Stage-2 data: how often each record of a response type appears in the stream ({"conversation": 3};
@@ -201,7 +205,7 @@ class Preset:
 # Settings that say where and how visibly a run goes, not what it learns: not part of the reuse key
 # (nor the exact speed / memory options: they change the weights by rounding only).
 NOT_IN_KEY = {"output_dir", "progress", "num_workers", "save_every", "keep_checkpoints", "checkpoint_every",
-              "keep_matmul_outputs", "loss_chunk_logits", "cache_image_features"}
+              "keep_matmul_outputs", "loss_chunk_logits", "cache_image_features", "host_mmap_threshold"}
 
 
 @dataclass

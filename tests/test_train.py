@@ -222,6 +222,22 @@ def test_speed_and_memory_options_change_nothing_else(setup, tmp_path, changes):
     assert tower_images == [12, 6 if changes.get("cache_image_features") else 12]
 
 
+def test_host_mmap_threshold_is_set_once_per_cpu_run_and_glibc_takes_it(setup, tmp_path, monkeypatch):
+    import sys
+
+    import llava_mini.train.loop as loop
+    from llava_mini.train.memory import return_freed_host_memory
+
+    calls = []
+    monkeypatch.setattr(loop, "return_freed_host_memory", calls.append)
+    for threshold in (None, 2 ** 20):
+        cfg = config(tmp_path, stage=2, max_steps=1, host_mmap_threshold=threshold)
+        train(add_lora(make_model(setup), cfg), setup["dataset"], setup["collator"], cfg)
+    assert calls == [2 ** 20]
+    # 32 MiB: what glibc's own rule reaches anyway, so the rest of this test process allocates as before
+    assert return_freed_host_memory(2 ** 25) is sys.platform.startswith("linux")
+
+
 def test_cached_features_need_a_frozen_tower(setup, tmp_path):
     cfg = config(tmp_path, stage=2, cache_image_features=True)
     model = add_lora(make_model(setup), cfg)

@@ -28,6 +28,7 @@ from llava_mini.model import IGNORE_INDEX, LlavaMini
 from llava_mini.train.adapters import param_groups
 from llava_mini.train.checkpoints import (keep_trainable_only, load_training_state, resume_point, save_checkpoint,
                                           save_step_checkpoint)
+from llava_mini.train.memory import return_freed_host_memory
 from llava_mini.train.precision import resolve_precision
 from llava_mini.train.sampler import StepSampler
 
@@ -56,6 +57,8 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     accumulation = cfg.accumulation_steps(world)
     set_seed(cfg.seed + rank)  # python, numpy, torch: dropout differs across processes, data order does not
+    if cfg.host_mmap_threshold is not None and device.type == "cpu":
+        return_freed_host_memory(cfg.host_mmap_threshold)
 
     groups = param_groups(model, cfg)
     if cfg.cache_image_features and any(p.requires_grad for p in model.vision_tower.parameters()):

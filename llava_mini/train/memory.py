@@ -5,6 +5,7 @@ network, have their published config.json shipped under data/shapes/<preset>/<vi
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +145,18 @@ def estimate_memory(preset: str | Preset = "tiny", mode: str = "qlora", batch_si
         estimate.host = (largest * (4 + half) / GIB, f"straight to the GPU: largest tensor, {largest / 1e6:.1f}M "
                          f"x (4 B read + {half} B cast) (+ the Python process)")
     return estimate
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def return_freed_host_memory(threshold_bytes: int) -> bool:
+    """Make freed host tensors leave the process: glibc's malloc keeps a freed block below its mmap threshold
+    in the heap, and raises that threshold (up to 32 MiB) each time a larger block is freed, so on the CPU a
+    training step's tensors of a few MiB end up in a fragmented heap that stays resident: the process grows GiBs
+    past the tensors alive. A fixed threshold gives every block of ``threshold_bytes`` or more its own mapping,
+    unmapped when freed. Process-wide, for the rest of the process. False where there is no glibc (macOS)."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False

@@ -1,6 +1,7 @@
 """Peak training memory, estimated before anything is loaded from the towers' config.json (``AutoConfig``):
 a local folder is read as it is; the hub towers of the colab and paper presets, out of reach without the
-network, have their published config.json shipped under data/shapes/<preset>/<vision|lm>/.
+network, have their published config.json shipped under data/shapes/<preset>/<vision|lm>/. And the switch that
+makes a CPU run's resident memory follow its tensors (``return_freed_host_memory``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def course_instruct_data(
     otherwise (the response cache keeps that cheap). ``relation_steps`` / ``colour_steps``: how the drills' relation
     and colour answers reach their verdict (teacher.RELATION_STEPS / COLOUR_STEPS; config.DataSettings);
     ``drill_weights``: how often each kind of drill question is drawn (None: teacher.DRILL_WEIGHTS). ``records``
-    (COCO's, say) stand in for the world's split: the world is then neither made nor read. ``workers``: concurrent teacher calls (for a remote server).
+    (COCO's, say) stand in for the world's split: the world is then neither made nor read. ``workers``: concurrent
+    teacher calls (for a remote server).
     """
     teacher = teacher or SymbolicTeacher(seed)
     types = tuple(types)

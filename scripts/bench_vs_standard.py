@@ -65,6 +65,9 @@ ROUTES = ("ours", "standard")
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 5e-2}  # max |loss difference| of a step, by precision
 PROMPT_TOKENS = 5  # text before the image in every synthetic example (a system / user prefix)
 GIB = 2 ** 30
+# Allocator settings both routes' processes inherit from the environment: the report records those that are set
+ALLOCATOR_ENV = ("THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES",
+                 "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 
@@ -366,6 +369,8 @@ def print_report(report: dict) -> None:
           f"{s['precision']}, LoRA r={s['lora_r']} alpha={s['lora_alpha']} dropout={s['lora_dropout']}, "
           f"{len(steps)} steps ({max(1, len(steps) - 1)} timed), on {report['device']}")
     print(f"tokens: {report['tokens_counted']}; memory: {runs[0]['ours']['memory_method']}")
+    if report.get("environment"):
+        print(f"environment (both routes): {report['environment']}")
     print(f"ours: {s['ours_defaults']}; images: each in {s['image_reuse']} example(s); attention: "
           + "; ".join(f"{route} {runs[0][route]['attention']}" for route in ROUTES))
     width = max([10] + [len(variant_name(v["changes"])) + 2 for run in runs for v in run["variants"]])
@@ -447,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": meta["machine"]["gpu"]
         or f"CPU ({meta['machine']['cpu']}, {runs[0]['ours']['torch_threads']} torch threads)",
         "machine": meta["machine"], "versions": meta["versions"], "parameters": meta["parameters"],
+        "environment": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ},
         "settings": {"preset": shape["preset"], "batch_size": cfg.batch_size, "precision": precision,
                      "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
                      "lr": cfg.lr, "projector_lr": cfg.projector_lr, "group_by_length": cfg.group_by_length,

@@ -2,6 +2,7 @@
 same batches with the same losses, and its shape files hold the public shapes they name. No timing asserted."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,15 @@ def bench():
 def test_toy_run_writes_both_routes_with_matching_losses(tmp_path):
     out = tmp_path / "bench.json"
     # one thread: on a busy 2-core machine two threads per process spin-wait each other
-    # one variant of ours: the head in chunks of 4 rows (4 x 512 logits), each image's features computed once
+    # one variant of ours: the head in chunks of 4 rows (4 x 512 logits), each image's features computed once,
+    # freed tensors of 64 KiB or more returned to the system; an allocator setting both routes inherit
     subprocess.run([sys.executable, str(SCRIPT), "--shape", "toy", "--steps", "2", "--threads", "1", "--cpu",
-                    "--image-reuse", "2", "--variant", "loss_chunk_logits=2048,cache_image_features=true",
-                    "--out", str(out)], check=True, capture_output=True, text=True)
+                    "--image-reuse", "2", "--variant",
+                    "loss_chunk_logits=2048,cache_image_features=true,host_mmap_threshold=65536",
+                    "--out", str(out)], check=True, capture_output=True, text=True,
+                   env={**os.environ, "THP_MEM_ALLOC_ENABLE": "1"})
     report = json.loads(out.read_text())
+    assert report["environment"]["THP_MEM_ALLOC_ENABLE"] == "1"
     assert [run["gradient_checkpointing"] for run in report["runs"]] == [False, True]
     assert report["settings"]["precision"] == "fp32" and report["settings"]["lora_dropout"] > 0
     sdpa = {"vision": "sdpa", "lm": "sdpa"}  # the default kernel of both towers, on both routes
@@ -42,7 +47,8 @@ def test_toy_run_writes_both_routes_with_matching_losses(tmp_path):
         assert ours["losses"] == pytest.approx(standard["losses"], abs=1e-4)
         assert run["max_loss_difference"] <= report["tolerance"]
         (variant,) = run["variants"]
-        assert variant["changes"] == {"loss_chunk_logits": 2048, "cache_image_features": True}
+        assert variant["changes"] == {"loss_chunk_logits": 2048, "cache_image_features": True,
+                                      "host_mmap_threshold": 65536}
         assert variant["ours"]["steps"] == ours["steps"] and variant["speed_vs_ours"] > 0
         assert variant["ours"]["losses"] == pytest.approx(standard["losses"], abs=1e-4)
     assert set(report["versions"]) >= {"torch", "transformers", "peft"} and report["machine"]["cpu_count"] > 0

@@ -223,7 +223,7 @@ def write_conversation(reading: SceneReading, rng: random.Random) -> str:
 # The drill's mix: the held-out question kinds, relations and colours weighted up (the kinds the text reference
 # failed most); the stand-in LM reads many of these with the scene as text before it ever sees an image.
 DRILL_WEIGHTS = {"relation": 6.0, "colour": 3.0, "exists": 1.5, "shape": 1.0, "count_all": 0.5, "count_shape": 0.5}
-# Every question maker a drill can draw from ("region": "Where is the red circle?" -> "... at the top left ...")
+# Every question maker a drill can draw from ("region": "Where is the red circle?" -> "... in the top left part ...")
 DRILL_KINDS = ("relation", "colour", "exists", "shape", "count_all", "count_shape", "count_colour", "size", "region")
 
 

@@ -549,3 +549,5 @@ def test_drill_weights_choose_the_kinds_and_name_the_unknown(dataset):
     assert "region" in DRILL_KINDS
     with pytest.raises(ValueError, match=r"no question maker \['sides'\]"):
         drill_records(dataset[:1], weights={"sides": 1.0})
+    with pytest.raises(ValueError, match="must be >= 0 with some above 0"):
+        drill_records(dataset[:1], weights={"region": 0.0})

@@ -229,7 +229,7 @@ def test_host_mmap_threshold_is_set_once_per_cpu_run_and_glibc_takes_it(setup, t
     from llava_mini.train.memory import return_freed_host_memory
 
     calls = []
-    monkeypatch.setattr(loop, "return_freed_host_memory", calls.append)
+    monkeypatch.setattr(loop, "return_freed_host_memory", lambda n: calls.append(n) or True)
     for threshold in (None, 2 ** 20):
         cfg = config(tmp_path, stage=2, max_steps=1, host_mmap_threshold=threshold)
         train(add_lora(make_model(setup), cfg), setup["dataset"], setup["collator"], cfg)

@@ -236,6 +236,8 @@ def write_drill(reading: SceneReading, rng: random.Random, n: int = 6,
     d, made, weights = _Dialogue(reading, rng, relation_steps, colour_steps), {}, weights or DRILL_WEIGHTS
     if unknown := sorted(set(weights) - set(DRILL_KINDS)):
         raise ValueError(f"drill weights name no question maker {unknown} (the makers: {DRILL_KINDS})")
+    if any(not w >= 0 for w in weights.values()) or not any(weights.values()):
+        raise ValueError(f"drill weights must be >= 0 with some above 0, got {weights}")
     makers, weights = [getattr(d, name) for name in weights], list(weights.values())
     for _ in range(4 * n):
         if len(made) == n:

@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def train(model: LlavaMini, dataset, collator, cfg: TrainConfig, resume_from: st
     accumulation = cfg.accumulation_steps(world)
     set_seed(cfg.seed + rank)  # python, numpy, torch: dropout differs across processes, data order does not
     if cfg.host_mmap_threshold is not None and device.type == "cpu":
-        return_freed_host_memory(cfg.host_mmap_threshold)
+        if not return_freed_host_memory(cfg.host_mmap_threshold):
+            warnings.warn("host_mmap_threshold needs glibc's malloc (Linux); here it does nothing")
 
     groups = param_groups(model, cfg)
     if cfg.cache_image_features and any(p.requires_grad for p in model.vision_tower.parameters()):
